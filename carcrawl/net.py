@@ -1,0 +1,570 @@
+"""The network layer: the only module that touches aiohttp.
+
+Politeness is part of it, not a sleep in a loop: a per-host limiter (concurrency cap and a
+minimum interval between request starts), robots.txt cached per host, ``X-Robots-Tag: noai``,
+``Retry-After``, an honest User-Agent. Safety too: every hop of every request is checked against
+an address guard (after DNS resolution, and for literal IPs) so a URL a stranger chose cannot
+reach this machine's loopback, private network or cloud metadata service; redirects are followed
+by hand so each hop is checked and counted. Bodies are streamed, size-capped, decompressed with a
+bounded inflater (gzip bombs), and magic-number checked on the first bytes, aborting at once when
+the body is not an image. Failures come back as values (:class:`~carcrawl.models.Failure`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import hashlib
+import ipaddress
+import math
+import random
+import socket
+import ssl
+import time
+import urllib.robotparser
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from carcrawl.config import DownloadSettings
+from carcrawl.magic import SNIFF_BYTES, STORED_FORMATS, describe_non_image, sniff_image
+from carcrawl.models import Failure, Fetched, HttpRequest
+
+REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+RETRYABLE_CODES = frozenset({408, 425, 429, 500, 502, 503, 504})
+_IMAGE_ACCEPT = {"Accept": "image/avif,image/webp,image/*,*/*;q=0.5"}
+
+
+# ------------------------------------------------------------------------------------------------
+# address guard (SSRF)
+
+
+class BlockedAddressError(OSError):
+    """Raised by the resolver when every address of a host is in a blocked range."""
+
+
+class AddressGuard:
+    """Refuses loopback, private, link-local, multicast, reserved and other non-global targets,
+    except networks the user (or the sandbox) allowed explicitly."""
+
+    def __init__(self, allow_networks: list[str] | tuple[str, ...] = ()):
+        self.allowed = tuple(ipaddress.ip_network(n, strict=False) for n in allow_networks)
+
+    def is_blocked(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return True
+        if isinstance(ip, ipaddress.IPv6Address):
+            if ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
+            elif ip.sixtofour is not None:
+                ip = ip.sixtofour
+        if any(ip in net for net in self.allowed):
+            return False
+        return (
+            not ip.is_global
+            or ip.is_multicast
+            or ip.is_reserved
+            or ip.is_unspecified
+            or ip.is_loopback
+            or ip.is_link_local
+            or ip.is_private
+        )
+
+
+class GuardedResolver(AbstractResolver):
+    """Wraps aiohttp's resolver and drops blocked addresses; all blocked → BlockedAddressError.
+
+    Checking after resolution (not on the name) is what stops DNS names that point at 127.0.0.1."""
+
+    def __init__(self, guard: AddressGuard):
+        self._inner = aiohttp.ThreadedResolver()
+        self._guard = guard
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        allowed = [r for r in results if not self._guard.is_blocked(r["host"])]
+        if not allowed:
+            raise BlockedAddressError(f"{host} resolves only to blocked addresses")
+        return allowed
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def _literal_ip(host: str) -> str | None:
+    h = host.strip("[]")
+    try:
+        ipaddress.ip_address(h.split("%", 1)[0])
+    except ValueError:
+        return None
+    return h
+
+
+# ------------------------------------------------------------------------------------------------
+# politeness
+
+
+class HostLimiter:
+    """Per host: at most ``cap`` transfers at once, request starts at least ``interval`` apart.
+
+    A download *leases* its host for the whole transfer (that is the concurrency cap); each request
+    it makes (robots.txt, each redirect hop) is *paced* (that is the interval). State for idle hosts
+    is dropped, so a crawl over a million hosts keeps only the active ones in memory."""
+
+    def __init__(self, cap: int, interval: float):
+        self.cap = cap
+        self.interval = interval
+        self._active: dict[str, int] = {}
+        self._next: dict[str, float] = {}
+        self._changed = asyncio.Event()
+
+    def try_lease(self, host: str) -> float:
+        """Lease ``host`` now and return 0.0, or return how long to wait (``inf``: at its cap)."""
+        if self._active.get(host, 0) >= self.cap:
+            return math.inf
+        now = time.monotonic()
+        wait = self._next.get(host, 0.0) - now
+        if wait > 0:
+            return wait
+        self._active[host] = self._active.get(host, 0) + 1
+        self._next[host] = now + self.interval
+        return 0.0
+
+    async def lease(self, host: str) -> None:
+        while (wait := self.try_lease(host)) > 0:
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(wait, 1.0))
+
+    async def pace(self, host: str) -> None:
+        """Wait until ``host`` may see another request start (caller holds a lease)."""
+        while (wait := self._next.get(host, 0.0) - time.monotonic()) > 0:
+            await asyncio.sleep(wait)
+        self._next[host] = time.monotonic() + self.interval
+
+    def release(self, host: str) -> None:
+        n = self._active.get(host, 0) - 1
+        if n > 0:
+            self._active[host] = n
+        else:
+            self._active.pop(host, None)
+            if self._next.get(host, 0.0) <= time.monotonic():
+                self._next.pop(host, None)
+        if len(self._next) > 4 * max(len(self._active), 1024):
+            now = time.monotonic()
+            for h in [h for h, t in self._next.items() if t <= now and h not in self._active]:
+                del self._next[h]
+        self._changed.set()
+
+
+class Lease:
+    """A download's hold on one host: the lease itself counted as the first request start; every
+    later request under it (after robots.txt, a redirect to the same host) waits for the interval."""
+
+    __slots__ = ("limiter", "host", "fresh")
+
+    def __init__(self, limiter: HostLimiter, host: str):
+        self.limiter = limiter
+        self.host = host
+        self.fresh = True
+
+    async def before_request(self) -> None:
+        if self.fresh:
+            self.fresh = False
+        else:
+            await self.limiter.pace(self.host)
+
+    def release(self) -> None:
+        self.limiter.release(self.host)
+
+
+class TokenBucket:
+    """Requests per second with a burst, plus jitter; used for search engines, which punish bursts.
+    ``pause(seconds)`` stops the whole bucket (a block page backs off the entire engine)."""
+
+    def __init__(self, rate: float, burst: int = 1, jitter: float = 0.2):
+        self.rate = rate
+        self.capacity = float(burst)
+        self.tokens = float(burst)
+        self.jitter = jitter
+        self.updated = time.monotonic()
+        self.paused_until = 0.0
+        self._lock = asyncio.Lock()
+
+    def pause(self, seconds: float) -> None:
+        self.paused_until = max(self.paused_until, time.monotonic() + seconds)
+        self.tokens = 0.0
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                if now < self.paused_until:
+                    await asyncio.sleep(self.paused_until - now)
+                    continue
+                self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+                self.updated = now
+                if self.tokens >= 1.0:
+                    self.tokens -= 1.0
+                    return
+                wait = (1.0 - self.tokens) / self.rate
+                await asyncio.sleep(wait * (1.0 + random.uniform(0, self.jitter)))
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP-date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | None = None) -> float:
+    """Exponential backoff with full jitter, never shorter than the server's Retry-After."""
+    delay = random.uniform(0, min(cap, base * (2**attempt)))
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, cap))
+    return delay
+
+
+class RobotsCache:
+    """robots.txt per scheme+host, fetched once (concurrent askers share the fetch), LRU-bounded.
+
+    A missing or broken robots.txt allows everything (RFC 9309 treats 4xx as allow-all); a
+    5xx or an unreachable one also allows, since images are rarely worth less than that risk."""
+
+    def __init__(self, client: HttpClient, agent: str, size: int = 20_000):
+        self.client = client
+        self.agent = agent
+        self.size = size
+        self._cache: OrderedDict[str, urllib.robotparser.RobotFileParser | None] = OrderedDict()
+        self._inflight: dict[str, asyncio.Future[urllib.robotparser.RobotFileParser | None]] = {}
+
+    async def allowed(self, url: str, lease: Lease | None) -> bool:
+        parts = urlsplit(url)
+        key = f"{parts.scheme}://{parts.netloc}"
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            parser = self._cache[key]
+        elif key in self._inflight:
+            parser = await self._inflight[key]
+        else:
+            fut: asyncio.Future[urllib.robotparser.RobotFileParser | None] = asyncio.get_running_loop().create_future()
+            self._inflight[key] = fut
+            try:
+                parser = await self._fetch(key + "/robots.txt", lease)
+            except Exception:  # noqa: BLE001 - any failure means "no rules"
+                parser = None
+            finally:
+                del self._inflight[key]
+            fut.set_result(parser)
+            self._cache[key] = parser
+            if len(self._cache) > self.size:
+                self._cache.popitem(last=False)
+        return True if parser is None else parser.can_fetch(self.agent, url)
+
+    async def _fetch(self, url: str, lease: Lease | None) -> urllib.robotparser.RobotFileParser | None:
+        resp = await self.client.get_small(url, max_bytes=512_000, lease=lease)
+        if resp is None or resp.status >= 400:
+            return None
+        parser = urllib.robotparser.RobotFileParser()
+        parser.parse(resp.body.decode("utf-8", "replace").splitlines())
+        return parser
+
+
+# ------------------------------------------------------------------------------------------------
+# the client
+
+
+@dataclass(frozen=True, slots=True)
+class PageResponse:
+    """A small response read whole (search pages, robots.txt)."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    final_url: str
+
+
+class _Abort(Exception):
+    """Internal: a transfer ended early with a reason."""
+
+    def __init__(self, reason: str, terminal: bool = True, retry_after: float | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.terminal = terminal
+        self.retry_after = retry_after
+
+
+def host_key(url: str) -> str:
+    """The politeness key of a URL: its host (with port when one is given)."""
+    parts = urlsplit(url)
+    return (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+
+
+class HttpClient:
+    """One shared aiohttp session for the whole crawl, with the guard and the limiter."""
+
+    def __init__(self, settings: DownloadSettings, user_agent: str, allow_networks: list[str] | tuple[str, ...] = ()):
+        self.settings = settings
+        self.user_agent = user_agent
+        self.guard = AddressGuard(allow_networks)
+        self.hosts = HostLimiter(settings.per_host_concurrency, settings.per_host_interval)
+        self.robots = RobotsCache(self, agent=user_agent.split("/", 1)[0] or "carcrawl")
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> HttpClient:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        s = self.settings
+        ssl_ctx: ssl.SSLContext | bool = ssl.create_default_context() if s.verify_tls else False
+        connector = aiohttp.TCPConnector(
+            limit=s.concurrency + 16,
+            limit_per_host=s.per_host_concurrency + 1,
+            resolver=GuardedResolver(self.guard),
+            ttl_dns_cache=300,
+            ssl=ssl_ctx,
+            enable_cleanup_closed=False,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=s.total_timeout, sock_connect=s.connect_timeout, sock_read=s.read_timeout),
+            headers={"User-Agent": self.user_agent, "Accept-Encoding": "identity"},
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "HttpClient used before open()"
+        return self._session
+
+    # -- images -------------------------------------------------------------------------------
+
+    async def fetch_image(self, candidate_id: int, url: str, *, leased: bool = False) -> Fetched | Failure:
+        """Fetch one image URL. With ``leased`` the caller already holds a lease on its host
+        (the download scheduler takes it before dispatching, so it never blocks a worker)."""
+        s = self.settings
+        current = url
+        seen: set[str] = set()
+        lease = Lease(self.hosts, host_key(url)) if leased else None
+        try:
+            for _hop in range(s.max_redirects + 1):
+                self._check_url(current)
+                host = host_key(current)
+                if lease is None or lease.host != host:
+                    if lease is not None:
+                        lease.release()
+                        lease = None
+                    await self.hosts.lease(host)
+                    lease = Lease(self.hosts, host)
+                if s.respect_robots and not await self.robots.allowed(current, lease):
+                    raise _Abort("robots_disallowed")
+                await lease.before_request()
+                result = await self._get_image(candidate_id, url, current)
+                if not isinstance(result, str):
+                    return result
+                seen.add(current)
+                current = urljoin(current, result)
+                if current in seen:
+                    raise _Abort("redirect_loop")
+            raise _Abort("too_many_redirects")
+        except _Abort as a:
+            return Failure(candidate_id, url, a.reason, a.terminal, a.retry_after)
+        except Exception as e:  # noqa: BLE001 - every network error becomes a reason
+            reason, terminal = classify_exception(e)
+            return Failure(candidate_id, url, reason, terminal)
+        finally:
+            if lease is not None:
+                lease.release()
+
+    def _check_url(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise _Abort("bad_url")
+        ip = _literal_ip(parts.hostname)
+        if ip is not None and self.guard.is_blocked(ip):
+            raise _Abort("blocked_address")
+
+    async def _get_image(self, candidate_id: int, url: str, current: str) -> Fetched | str:
+        """One request: an image (Fetched), a redirect target (str), or _Abort."""
+        s = self.settings
+        async with self.session.get(current, allow_redirects=False, headers=_IMAGE_ACCEPT) as resp:
+            if resp.status in REDIRECT_CODES:
+                location = resp.headers.get("Location")
+                if not location:
+                    raise _Abort(f"http_{resp.status}")
+                return location
+            if resp.status != 200:
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                raise _Abort(f"http_{resp.status}", resp.status not in RETRYABLE_CODES, retry_after)
+            if s.respect_noai and _noai(resp.headers.getall("X-Robots-Tag", [])):
+                raise _Abort("noai")
+            encoding = resp.headers.get("Content-Encoding", "").lower().strip()
+            length = resp.content_length
+            if length is not None and length > s.max_bytes and encoding in ("", "identity"):
+                raise _Abort("too_large")
+            body = await _read_capped(resp, s.max_bytes, encoding, sniff=True)
+        head = body[:SNIFF_BYTES]
+        fmt = sniff_image(head)
+        if not body:
+            raise _Abort("empty_body")
+        if fmt is None:
+            raise _Abort(f"not_image:{describe_non_image(head)}")
+        if fmt not in STORED_FORMATS:
+            raise _Abort(f"unsupported_image:{fmt}")
+        if len(body) < s.min_bytes:
+            raise _Abort("too_small")
+        return Fetched(
+            candidate_id=candidate_id,
+            url=url,
+            final_url=current,
+            body=body,
+            sha256=hashlib.sha256(body).hexdigest(),
+            format=fmt,
+            content_type=resp.headers.get("Content-Type"),
+        )
+
+    # -- small documents (search pages, robots.txt) -------------------------------------------
+
+    async def get_small(
+        self, url: str, *, max_bytes: int = 5_000_000, headers: dict[str, str] | None = None, lease: Lease | None = None
+    ) -> PageResponse | None:
+        """GET a small document, following redirects by hand (each hop guarded). Host politeness:
+        paced under the caller's lease when it holds one for this host, else leased here."""
+        current = url
+        for _ in range(self.settings.max_redirects + 1):
+            self._check_url(current)
+            host = host_key(current)
+            own = lease is None or lease.host != host
+            if own:
+                await self.hosts.lease(host)
+            else:
+                assert lease is not None
+                await lease.before_request()
+            try:
+                async with self.session.get(current, allow_redirects=False, headers=headers) as resp:
+                    if resp.status in REDIRECT_CODES and resp.headers.get("Location"):
+                        current = urljoin(current, resp.headers["Location"])
+                        continue
+                    encoding = resp.headers.get("Content-Encoding", "").lower().strip()
+                    body = await _read_capped(resp, max_bytes, encoding, sniff=False)
+                    return PageResponse(resp.status, {k.lower(): v for k, v in resp.headers.items()}, body, current)
+            finally:
+                if own:
+                    self.hosts.release(host)
+        return None
+
+    async def fetch_page(self, request: HttpRequest, max_bytes: int = 10_000_000) -> PageResponse | Failure:
+        """A search-engine request. Engine politeness (token bucket) is the caller's."""
+        try:
+            resp = await self.get_small(request.url, max_bytes=max_bytes, headers=dict(request.headers))
+        except _Abort as a:
+            return Failure(0, request.url, a.reason, a.terminal, a.retry_after)
+        except Exception as e:  # noqa: BLE001
+            reason, terminal = classify_exception(e)
+            return Failure(0, request.url, reason, terminal)
+        if resp is None:
+            return Failure(0, request.url, "too_many_redirects")
+        return resp
+
+
+def _noai(values: list[str]) -> bool:
+    for v in values:
+        tokens = {t.strip().lower() for part in v.split(",") for t in part.split(":")[-1:]}
+        if tokens & {"noai", "noimageai"}:
+            return True
+    return False
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, max_bytes: int, encoding: str, *, sniff: bool) -> bytes:
+    """Read a body, decompressing gzip/deflate with a bounded inflater, stopping at ``max_bytes``.
+    With ``sniff``, the first SNIFF_BYTES are magic-checked as soon as they arrive and a body that
+    is not an image is abandoned there (the connection is closed, the rest never read)."""
+    inflater = None
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        inflater = zlib.decompressobj(wbits=47 if encoding != "deflate" else 15)
+    elif encoding not in ("", "identity"):
+        raise _Abort(f"unsupported_encoding:{encoding[:20]}")
+    buf = bytearray()
+    sniffed = False
+    while True:
+        chunk = await resp.content.readany()
+        if not chunk:
+            break
+        if inflater is not None:
+            data = inflater.decompress(chunk, max_bytes + 1 - len(buf))
+            buf += data
+            while inflater.unconsumed_tail and len(buf) <= max_bytes:
+                buf += inflater.decompress(inflater.unconsumed_tail, max_bytes + 1 - len(buf))
+            if inflater.unconsumed_tail:
+                raise _Abort("too_large")
+        else:
+            buf += chunk
+        if len(buf) > max_bytes:
+            raise _Abort("too_large")
+        if not sniffed and len(buf) >= SNIFF_BYTES:
+            sniffed = True
+            head = bytes(buf[:SNIFF_BYTES])
+            if sniff and sniff_image(head) is None:
+                raise _Abort(f"not_image:{describe_non_image(head)}")
+    return bytes(buf)
+
+
+def classify_exception(e: BaseException) -> tuple[str, bool]:
+    """Map a network exception to (reason, terminal)."""
+    if isinstance(e, aiohttp.ClientConnectorError):
+        os_err = e.os_error
+        if isinstance(os_err, BlockedAddressError):
+            return "blocked_address", True
+        if isinstance(e, aiohttp.ClientConnectorCertificateError | aiohttp.ClientConnectorSSLError):
+            return "tls_error", True
+        if isinstance(os_err, socket.gaierror) or "DNS" in type(e).__name__:
+            return "dns_error", True
+        return "connection_error", False
+    if isinstance(e, BlockedAddressError):
+        return "blocked_address", True
+    if isinstance(e, aiohttp.ClientSSLError | ssl.SSLError):
+        return "tls_error", True
+    if isinstance(e, TimeoutError | asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return "timeout", False
+    if isinstance(e, aiohttp.ClientPayloadError):
+        return "truncated", False
+    if isinstance(e, aiohttp.ServerDisconnectedError | ConnectionResetError | aiohttp.ClientOSError):
+        return "connection_reset", False
+    if isinstance(e, aiohttp.TooManyRedirects):
+        return "too_many_redirects", True
+    if isinstance(e, aiohttp.InvalidURL | ValueError):
+        return "bad_url", True
+    if isinstance(e, aiohttp.ClientResponseError):
+        return f"http_{e.status}", e.status not in RETRYABLE_CODES
+    if isinstance(e, aiohttp.ClientError):
+        return f"client_error:{type(e).__name__}", False
+    return f"error:{type(e).__name__}", True
+
+
