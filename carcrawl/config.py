@@ -61,6 +61,7 @@ class CrawlSettings:
     user_agent: str = "carcrawl/0.1 (dataset crawler; +https://github.com/carcrawl/carcrawl)"
     contact: str = ""  # an e-mail or URL appended to the User-Agent; Wikimedia asks for one
     allow_networks: list[str] = field(default_factory=list)  # CIDRs exempt from the SSRF guard
+    body_type_sources: list[str] = field(default_factory=lambda: ["openverse", "wikimedia"])
 
 
 @dataclass(frozen=True)
@@ -275,7 +276,8 @@ def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | No
             raise ConfigError(f"command line: {e}") from None
     unknown = [s for s in settings.crawl.sources if s not in settings.engines and s != "urls"]
     if unknown:
+        where = f"{path}: " if path is not None else ""
         raise ConfigError(
-            f"crawl.sources: unknown source {unknown[0]!r}; allowed: {', '.join(sorted(settings.engines))}"
+            f"{where}crawl.sources: unknown source {unknown[0]!r}; allowed: {', '.join(sorted(settings.engines))}"
         )
     return settings

@@ -524,3 +524,24 @@ def status_counts(con: sqlite3.Connection) -> dict[str, Any]:
 def iter_rows(con: sqlite3.Connection, sql: str, params: tuple[Any, ...] = ()) -> Iterator[sqlite3.Row]:
     """Stream rows (for export and report, which run after or beside a crawl)."""
     yield from con.execute(sql, params)
+
+
+def category_report(con: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Per category of a URL-list fetch: requested, downloaded, kept, failed and why."""
+    out: dict[str, dict[str, Any]] = {}
+    for cat, state, reason, n, kept in con.execute(
+        "SELECT c.category, c.state, coalesce(c.reason, ''), count(*), sum(coalesce(v.keep, 0))"
+        " FROM candidates c LEFT JOIN verdicts v ON v.sha256 = c.sha256 GROUP BY 1, 2, 3"
+    ):
+        r = out.setdefault(cat or "", {"category": cat or "", "requested": 0, "downloaded": 0, "kept": 0, "failed": 0, "reasons": {}})
+        r["requested"] += n
+        if state == "done":
+            r["downloaded"] += n
+            r["kept"] += kept or 0
+        elif state in ("failed", "rejected"):
+            r["failed"] += n
+            r["reasons"][reason] = r["reasons"].get(reason, 0) + n
+    rows = sorted(out.values(), key=lambda r: r["category"])
+    for r in rows:
+        r["reasons"] = sorted(r["reasons"].items(), key=lambda kv: -kv[1])
+    return rows

@@ -1,0 +1,402 @@
+"""The ``carcrawl`` command line (typer). Imports are lazy so ``carcrawl --help`` is instant."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from carcrawl.errors import CarcrawlError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Build labelled, filtered, de-duplicated image datasets overnight on one machine.",
+    pretty_exceptions_enable=False,
+)
+review_app = typer.Typer(help="Apply spot-check marks from the report page.", no_args_is_help=True)
+app.add_typer(review_app, name="review")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="config.toml to load (default: ./config.toml if present).")]
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output folder: checkpoint, images, export.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the final summary as one JSON object.")]
+FreshOpt = Annotated[bool, typer.Option("--fresh", help="Start over: delete the checkpoint first.")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="Classifier device: auto, cpu or cuda.")]
+
+
+def main() -> None:
+    """Console-script entry point: clean messages for our errors, exit codes that mean something."""
+    try:
+        app()
+    except CarcrawlError as e:
+        typer.echo(f"carcrawl: error: {e}", err=True)
+        sys.exit(e.exit_code)
+
+
+def _fail(e: CarcrawlError) -> None:
+    typer.echo(f"carcrawl: error: {e}", err=True)
+    raise typer.Exit(e.exit_code)
+
+
+def _settings(config: Path | None, overrides: dict[str, Any]) -> Any:
+    from carcrawl.config import load_settings
+
+    if config is None and Path("config.toml").exists():
+        config = Path("config.toml")
+    return load_settings(config, overrides)
+
+
+def _run_async(coro: Any) -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _run_pipeline(
+    settings: Any, job: Any, *, command: str, fresh: bool, quiet: bool, as_json: bool, around: Any = None
+) -> Any:
+    """Run one pipeline with progress and Ctrl-C handling. ``around(settings)`` is an optional
+    async context manager that yields the settings to use (the demo starts its sandbox there)."""
+    from carcrawl.pipeline import Pipeline, run_with_signals
+    from carcrawl.progress import ProgressDisplay, print_summary
+
+    display = ProgressDisplay(enabled=not quiet and not as_json)
+    used = settings
+
+    async def go() -> Any:
+        nonlocal used
+        if around is None:
+            return await run_with_signals(Pipeline(settings, job, command=command, fresh=fresh, on_event=display.event))
+        async with around(settings) as used:
+            return await run_with_signals(Pipeline(used, job, command=command, fresh=fresh, on_event=display.event))
+
+    try:
+        with display:
+            result = _run_async(go())
+    except CarcrawlError as e:
+        _fail(e)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        typer.echo("carcrawl: stopped at once; everything committed is kept. Run the same command to resume.", err=True)
+        raise typer.Exit(130) from None
+    if as_json:
+        typer.echo(json.dumps({"state": result.state, "elapsed_s": result.elapsed_s, "classifier": result.classifier,
+                               "stats": result.stats, "status": result.status}, default=str))
+    elif not quiet:
+        print_summary(result, used)
+    if result.state == "interrupted":
+        typer.echo("carcrawl: interrupted; run the same command again to resume.", err=True)
+        raise typer.Exit(130)
+    return result
+
+
+def _catalog_job(settings: Any, *, body_types: bool) -> Any:
+    from carcrawl import catalog
+    from carcrawl.pipeline import Job
+
+    c = settings.crawl
+    catalog.validate_pairs(c.catalog or None)
+    colors = catalog.read_list(c.colors) if c.colors else None
+
+    def queries() -> Any:
+        return catalog.image_queries(
+            c.catalog or None, colors, makes=c.makes, models=c.models, color_filter=c.color_filter,
+            template=c.query_template, limit=c.max_queries,
+        )
+
+    bt_sources = tuple(s for s in c.body_type_sources) if body_types else ()
+
+    def bt_queries() -> Any:
+        return catalog.bodytype_queries(c.catalog or None, makes=c.makes, models=c.models)
+
+    fp = json.dumps([c.catalog, c.colors, c.makes, c.models, c.color_filter, c.query_template, c.max_queries,
+                     c.sources, c.per_query, bt_sources])
+    return Job(queries=queries, fingerprint=fp, bodytype_queries=bt_queries if bt_sources else None,
+               bodytype_sources=bt_sources)
+
+
+@app.command()
+def crawl(
+    config: ConfigOpt = None,
+    out: OutOpt = None,
+    make: Annotated[list[str] | None, typer.Option("--make", help="Only these makes (repeatable).")] = None,
+    model: Annotated[list[str] | None, typer.Option("--model", help="Only these models (repeatable).")] = None,
+    color: Annotated[list[str] | None, typer.Option("--color", help="Only these colours (repeatable).")] = None,
+    catalog: Annotated[Path | None, typer.Option(help="CSV with make,model columns (default: the shipped catalogue).")] = None,
+    sources: Annotated[str | None, typer.Option(help="Comma-separated search sources, e.g. bing,openverse.")] = None,
+    per_query: Annotated[int | None, typer.Option(help="Candidate URLs wanted per query.")] = None,
+    max_queries: Annotated[int | None, typer.Option(help="Stop after this many queries (0 = all).")] = None,
+    body_types: Annotated[bool, typer.Option("--body-types/--no-body-types", help="Also count hits per body type.")] = False,
+    no_classify: Annotated[bool, typer.Option("--no-classify", help="Download and verify only.")] = False,
+    device: DeviceOpt = None,
+    fresh: FreshOpt = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The overnight job: catalogue → search → download → classify → checkpoint. Resumes
+    automatically when the checkpoint exists (use --fresh to start over)."""
+    _setup_logging(quiet or as_json)
+    try:
+        settings = _settings(config, {
+            "crawl.out": str(out) if out else None,
+            "crawl.makes": make or None, "crawl.models": model or None, "crawl.color_filter": color or None,
+            "crawl.catalog": str(catalog) if catalog else None,
+            "crawl.sources": sources.split(",") if sources else None,
+            "crawl.per_query": per_query, "crawl.max_queries": max_queries,
+            "classify.enabled": False if no_classify else None, "classify.device": device,
+        })
+        job = _catalog_job(settings, body_types=body_types)
+    except CarcrawlError as e:
+        _fail(e)
+    _run_pipeline(settings, job, command="crawl", fresh=fresh, quiet=quiet, as_json=as_json)
+
+
+@app.command()
+def fetch(
+    urls: Annotated[Path, typer.Argument(help="URL list: .txt, .csv/.tsv, .jsonl or .parquet (optional label columns).")],
+    config: ConfigOpt = None,
+    out: OutOpt = None,
+    url_column: Annotated[str, typer.Option(help="Column holding the URL in CSV/JSONL/Parquet.")] = "url",
+    categories: Annotated[Path | None, typer.Option(help="Categories table code,name,to_download,how_many selecting from URLS.")] = None,
+    classify: Annotated[bool, typer.Option("--classify/--no-classify", help="Run the classifier on what downloads.")] = True,
+    device: DeviceOpt = None,
+    fresh: FreshOpt = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Download + verify (+ classify) a list of URLs, no search."""
+    from carcrawl.pipeline import Job
+
+    _setup_logging(quiet or as_json)
+    try:
+        settings = _settings(config, {
+            "crawl.out": str(out) if out else None, "crawl.sources": ["urls"],
+            "classify.enabled": classify, "classify.device": device,
+        })
+        from carcrawl import urllists
+
+        if categories is not None:
+            cats = urllists.read_categories(categories)
+
+            def rows() -> Any:
+                return urllists.select_from_url_table(cats, urls)
+
+            fp = f"categories:{categories.resolve()}:{urls.resolve()}:{categories.stat().st_mtime}:{urls.stat().st_mtime}"
+        else:
+            urllists.validate(urls, url_column=url_column)
+
+            def rows() -> Any:
+                return urllists.read_urls(urls, url_column=url_column)
+
+            fp = f"urls:{urls.resolve()}:{urls.stat().st_size}:{urls.stat().st_mtime}"
+    except CarcrawlError as e:
+        _fail(e)
+    except OSError as e:
+        _fail(CarcrawlError(f"{urls}: {e.strerror}"))
+    _run_pipeline(settings, Job(urls=rows, fingerprint=fp), command="fetch", fresh=fresh, quiet=quiet, as_json=as_json)
+    if categories is not None and not as_json:
+        from carcrawl.progress import print_category_report
+
+        print_category_report(settings.checkpoint_path)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where the checkpoint, images and export go.")] = Path("demo-out"),
+    queries: Annotated[int, typer.Option(help="How many make/model/colour queries to run.")] = 8,
+    per_query: Annotated[int, typer.Option(help="Candidate URLs per query.")] = 24,
+    device: DeviceOpt = None,
+    fresh: Annotated[bool, typer.Option("--fresh/--resume", help="Start over (default) or resume a killed demo.")] = True,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The whole pipeline against the embedded sandbox web (offline): search four engine formats,
+    download from many loopback hosts with faults, classify with a real model, export."""
+    from carcrawl.demo import run_demo
+
+    _setup_logging(quiet or as_json)
+    try:
+        run_demo(out, queries=queries, per_query=per_query, device=device, fresh=fresh, quiet=quiet, as_json=as_json,
+                 run_pipeline=_run_pipeline)
+    except CarcrawlError as e:
+        _fail(e)
+
+
+@app.command()
+def status(
+    target: Annotated[Path, typer.Argument(help="Output folder or checkpoint file.")] = Path("out"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Counts by state and reason, rates and ETA, from the checkpoint (works while a crawl runs)."""
+    from carcrawl.store import open_readonly, status_counts
+
+    path = target / "checkpoint.sqlite" if target.is_dir() else target
+    try:
+        con = open_readonly(path)
+    except CarcrawlError as e:
+        _fail(e)
+    try:
+        counts = status_counts(con)
+    finally:
+        con.close()
+    if as_json:
+        typer.echo(json.dumps(counts))
+        return
+    from carcrawl.progress import print_status
+
+    print_status(counts, path)
+
+
+@app.command()
+def export(
+    target: Annotated[Path, typer.Argument(help="Output folder of a crawl (as given to crawl --out / demo --out).")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="imagefolder | hf | webdataset | parquet")] = "imagefolder",
+    to: Annotated[Path | None, typer.Option("--to", help="Where to write (default: <DIR>/export/<format>).")] = None,
+    scheme: Annotated[str, typer.Option(help="Labels: make_model | make_model_color | body_type | category")] = "make_model",
+    labels: Annotated[str | None, typer.Option(help="Comma-separated subset of labels to export.")] = None,
+    ratios: Annotated[str, typer.Option(help="train,val,test ratios.")] = "0.7,0.15,0.15",
+    seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
+    min_count: Annotated[int, typer.Option(help="Drop classes with fewer images.")] = 1,
+    merge_map: Annotated[Path | None, typer.Option(help="JSON or CSV from,to label merges.")] = None,
+    dedup: Annotated[bool, typer.Option("--dedup/--no-dedup", help="Find near-duplicates first.")] = True,
+) -> None:
+    """Write the dataset: ImageFolder splits, Hugging Face imagefolder, WebDataset shards or Parquet."""
+    from carcrawl.export import export as do_export
+
+    try:
+        r = tuple(float(x) for x in ratios.split(","))
+        if len(r) != 3:
+            raise ValueError
+    except ValueError:
+        _fail(CarcrawlError(f"--ratios: expected three numbers like 0.7,0.15,0.15, got {ratios!r}"))
+    try:
+        if dedup:
+            from carcrawl.export.dedup import find_near_duplicates
+
+            find_near_duplicates(target)
+        summary = do_export(
+            target, fmt, to or target / "export" / fmt, scheme=scheme,
+            labels=labels.split(",") if labels else None, ratios=r, seed=seed, min_count=min_count,
+            merge_map=merge_map,
+        )
+    except CarcrawlError as e:
+        _fail(e)
+    typer.echo(str(summary))
+
+
+@app.command()
+def report(
+    target: Annotated[Path, typer.Argument(help="Output folder of a crawl.")],
+    to: Annotated[Path | None, typer.Option("--to", help="HTML file to write (default: <DIR>/report.html).")] = None,
+) -> None:
+    """One static HTML report with a spot-check gallery you can mark and save."""
+    from carcrawl.report import write_report
+
+    try:
+        path = write_report(target, to)
+    except CarcrawlError as e:
+        _fail(e)
+    typer.echo(f"report: {path}")
+
+
+@review_app.command("import")
+def review_import(
+    marks: Annotated[Path, typer.Argument(help="marks.json saved from the report page.")],
+    target: Annotated[Path, typer.Option("--out", "-o", help="Output folder of the crawl.")] = Path("out"),
+) -> None:
+    """Apply reviewer marks to the checkpoint; they win over the model in every later export."""
+    from carcrawl.review import import_marks
+
+    try:
+        n = import_marks(target, marks)
+    except CarcrawlError as e:
+        _fail(e)
+    typer.echo(f"applied {n} marks")
+
+
+@app.command()
+def refine(target: Annotated[Path, typer.Argument(help="Output folder of the crawl.")] = Path("out")) -> None:
+    """Train a small probe on the stored embeddings from the reviewed marks and re-score every image."""
+    from carcrawl.refine import refine as do_refine
+
+    try:
+        result = do_refine(target)
+    except CarcrawlError as e:
+        _fail(e)
+    typer.echo(str(result))
+
+
+@app.command(name="classify")
+def classify_cmd(
+    paths: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="JSONL to write, one line per input file.")] = Path("verdicts.jsonl"),
+    config: ConfigOpt = None,
+    device: DeviceOpt = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
+) -> None:
+    """Classify local files (same code path as the crawl) and write JSONL verdicts."""
+    from carcrawl.classify import classify_paths
+    from carcrawl.classify_stage import classifier_settings
+
+    try:
+        settings = _settings(config, {"classify.device": device, "classify.batch_size": batch_size})
+        n = classify_paths([str(p) for p in paths], classifier_settings(settings.classify), out)
+    except CarcrawlError as e:
+        _fail(e)
+    typer.echo(f"{n} files → {out}")
+
+
+@app.command()
+def parse(
+    source: Annotated[str, typer.Argument(help="bing, duckduckgo, openverse, wikimedia, flickr, google")],
+    file: Annotated[Path, typer.Argument(help="A saved response of that source.")],
+) -> None:
+    """Print what a saved search response yields: one JSON object per candidate, then the cursor."""
+    from carcrawl.sources import parse_lines
+
+    try:
+        for line in parse_lines(source, file):
+            typer.echo(line)
+    except (ValueError, OSError) as e:
+        _fail(CarcrawlError(f"{file}: {e}"))
+
+
+@app.command()
+def sandbox(
+    hosts: Annotated[int, typer.Option(help="Image hosts on 127.0.0.2, 127.0.0.3, ...")] = 8,
+    port: Annotated[int, typer.Option(help="Port (0 = any free one).")] = 0,
+    photos: Annotated[Path | None, typer.Option(help="Folder of photos to serve (default: the shipped set).")] = None,
+    fault_rate: Annotated[float, typer.Option(help="Share of result URLs that misbehave.")] = 0.1,
+) -> None:
+    """Run the sandbox web alone (engines in real formats + image hosts), until Ctrl-C."""
+    from carcrawl.sandbox import serve_forever
+
+    serve_forever(hosts=hosts, port=port, photos=photos, fault_rate=fault_rate)
+
+
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option(help="A smaller run (about a minute).")] = False,
+    device: DeviceOpt = None,
+) -> None:
+    """Measure download and classify throughput on this machine (sandbox on loopback) and suggest
+    concurrency and batch-size settings for config.toml."""
+    from carcrawl.bench import run_bench
+
+    run_bench(quick=quick, device=device)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""The download stage: pending candidates from the checkpoint → polite fetches → files + rows.
+
+A feeder reads pending candidates from SQLite in pages (never all of them), and a scheduler
+keeps one small queue per host and starts a transfer only when its host has a free lease (its
+concurrency cap and minimum interval allow it) and the global concurrency allows it. So a slow or
+strict host never blocks a worker that could serve another host, and memory is bounded by
+``buffer`` items however many URLs the crawl has. Verified bytes go on to the classify stage
+through a bounded queue (back-pressure), files are written content-addressed, and every outcome
+is a row with a reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from carcrawl.config import DownloadSettings
+from carcrawl.errors import DiskFullError
+from carcrawl.filestore import ImageFiles
+from carcrawl.models import Failure, Fetched
+from carcrawl.net import HttpClient, backoff_delay, host_key
+from carcrawl.stats import Stats
+from carcrawl.store import DownloadTask, Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifyItem:
+    """Verified bytes on their way to the classifier."""
+
+    sha256: str
+    body: bytes
+
+
+class HostScheduler:
+    """Per-host queues; starts ``run(task)`` when the host's lease and the global cap allow."""
+
+    def __init__(self, client: HttpClient, concurrency: int, buffer: int, run: Callable[[DownloadTask], asyncio.Future]):
+        self.limiter = client.hosts
+        self.concurrency = concurrency
+        self._run = run
+        self._room = asyncio.Semaphore(buffer)  # tasks held (waiting + running), all hosts
+        self._waiting: dict[str, deque[DownloadTask]] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._blocked_on_global: deque[str] = deque()
+        self.active = 0
+        self.held = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, task: DownloadTask) -> None:
+        await self._room.acquire()
+        self.held += 1
+        self._idle.clear()
+        host = host_key(task.url)
+        q = self._waiting.get(host)
+        if q is None:
+            q = self._waiting[host] = deque()
+        q.append(task)
+        self._pump(host)
+
+    def _pump(self, host: str) -> None:
+        q = self._waiting.get(host)
+        while q:
+            if self.active >= self.concurrency:
+                if host not in self._blocked_on_global:
+                    self._blocked_on_global.append(host)
+                return
+            wait = self.limiter.try_lease(host)
+            if wait > 0:
+                # at its cap, a finishing transfer of this host pumps it again; the timer is a
+                # fallback for leases held by redirect hops of other hosts' transfers
+                if host not in self._timers:
+                    delay = 1.0 if wait == math.inf else wait
+                    self._timers[host] = asyncio.get_running_loop().call_later(delay, self._timer_fired, host)
+                return
+            task = q.popleft()
+            self.active += 1
+            t = asyncio.get_running_loop().create_task(self._go(host, task))
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+        if q is not None and not q:
+            del self._waiting[host]
+
+    def _timer_fired(self, host: str) -> None:
+        self._timers.pop(host, None)
+        self._pump(host)
+
+    async def _go(self, host: str, task: DownloadTask) -> None:
+        try:
+            await self._run(task)
+        finally:
+            self.active -= 1
+            self.held -= 1
+            self._room.release()
+            # the fetch released its lease; let this host and hosts waiting on the global cap go on
+            self._pump(host)
+            while self._blocked_on_global and self.active < self.concurrency:
+                self._pump(self._blocked_on_global.popleft())
+            if self.held == 0:
+                self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    def cancel_all(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        for h in self._timers.values():
+            h.cancel()
+
+
+class DownloadStage:
+    """Feeds pending candidates through the scheduler until the search stage is done and no
+    pending candidate remains."""
+
+    def __init__(
+        self,
+        store: Store,
+        client: HttpClient,
+        files: ImageFiles,
+        settings: DownloadSettings,
+        stats: Stats,
+        classify_queue: asyncio.Queue[ClassifyItem | None] | None,
+        page_size: int = 512,
+    ):
+        self.store = store
+        self.client = client
+        self.files = files
+        self.settings = settings
+        self.stats = stats
+        self.classify_queue = classify_queue
+        self.page_size = page_size
+        buffer = max(2 * settings.concurrency, page_size)
+        self.scheduler = HostScheduler(client, settings.concurrency, buffer, self._fetch_one)
+        self._retries: set[asyncio.TimerHandle] = set()
+        self._retry_tasks: set[asyncio.Task[None]] = set()
+        self._committed = asyncio.Event()
+        store.on_commit.append(self._committed.set)
+        self.stopping = False
+        self.fatal: BaseException | None = None
+        self._recent_shas: dict[str, None] = {}
+
+    async def run(self, upstream_done: asyncio.Event) -> None:
+        after_id = 0
+        while not self.stopping:
+            tasks = await self.store.next_candidates(after_id, self.page_size)
+            if tasks:
+                after_id = tasks[-1].candidate_id
+                for t in tasks:
+                    if self.stopping:
+                        break
+                    await self.scheduler.submit(t)
+                continue
+            if upstream_done.is_set() and self.scheduler.held == 0 and not self._retries and not self._retry_tasks:
+                await self.store.flush()
+                if not await self.store.next_candidates(after_id, 1):
+                    break
+                continue
+            self._committed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._committed.wait(), 0.5)
+        await self.scheduler.wait_idle()
+        if self.fatal is not None:
+            raise self.fatal
+
+    def stop(self) -> None:
+        """Stop feeding new work; transfers in flight finish."""
+        self.stopping = True
+        for h in self._retries:
+            h.cancel()
+        self._retries.clear()
+
+    async def _fetch_one(self, task: DownloadTask) -> None:
+        attempts = task.attempts + 1
+        try:
+            result = await self.client.fetch_image(task.candidate_id, task.url, leased=True)
+            if isinstance(result, Failure):
+                self._failed(task, result, attempts)
+                return
+            await self._stored(result, attempts)
+        except DiskFullError as e:
+            if self.fatal is None:
+                self.fatal = e
+            self.stop()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a bug in one URL's path must not end the crawl
+            log.exception("internal error on %s", task.url)
+            self._failed(task, Failure(task.candidate_id, task.url, f"internal_error:{type(e).__name__}"), attempts)
+
+    def _failed(self, task: DownloadTask, failure: Failure, attempts: int) -> None:
+        s = self.settings
+        if not failure.terminal and attempts <= s.max_retries and not self.stopping:
+            delay = backoff_delay(attempts - 1, s.backoff_base, s.backoff_max, failure.retry_after)
+            self.stats.inc("retries")
+            retry = DownloadTask(task.candidate_id, task.url, attempts)
+            loop = asyncio.get_running_loop()
+            handle: asyncio.TimerHandle
+
+            def fire() -> None:
+                self._retries.discard(handle)
+                t = loop.create_task(self.scheduler.submit(retry))
+                self._retry_tasks.add(t)
+                t.add_done_callback(self._retry_tasks.discard)
+
+            handle = loop.call_later(delay, fire)
+            self._retries.add(handle)
+            return
+        self.stats.inc("failed")
+        self.stats.reason(failure.reason)
+        state = "rejected" if failure.reason.startswith(("not_image", "robots", "noai", "too_", "unsupported", "empty")) else "failed"
+        self.store.record_failure(task.candidate_id, failure.reason, attempts, state)
+
+    async def _stored(self, fetched: Fetched, attempts: int) -> None:
+        image = await self.files.write(fetched.sha256, fetched.format, fetched.body)
+        self.store.record_fetched(
+            fetched.candidate_id,
+            sha256=fetched.sha256,
+            final_url=fetched.final_url,
+            attempts=attempts,
+            image=image,
+            size=len(fetched.body),
+        )
+        self.stats.inc("fetched")
+        self.stats.inc("bytes", len(fetched.body))
+        if fetched.sha256 in self._recent_shas:
+            self.stats.inc("duplicates")
+            return
+        self._recent_shas[fetched.sha256] = None
+        if len(self._recent_shas) > 100_000:
+            self._recent_shas.pop(next(iter(self._recent_shas)))
+        if self.classify_queue is not None:
+            await self.classify_queue.put(ClassifyItem(fetched.sha256, fetched.body))
+        else:
+            self.store.mark_images_unclassified((fetched.sha256,))
+

@@ -1,0 +1,93 @@
+"""The checkpoint on a real SQLite file: idempotent loading, batched commits, recovery, status."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from carcrawl.catalog import image_queries
+from carcrawl.errors import CheckpointError
+from carcrawl.models import Candidate, Labels, Query, Verdict
+from carcrawl.store import Store, StoredImage, open_readonly, status_counts
+
+
+async def test_queries_load_lazily_and_idempotently(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "c.sqlite")
+    qs = image_queries()  # the full shipped catalogue: 1 046 x 10, generated lazily
+    assert await store.add_queries(qs, ["bing", "openverse"], 50) == 10_460
+    assert await store.add_queries(image_queries(), ["bing", "openverse"], 50) == 0
+    tasks = await store.next_searches("bing", 0, 5)
+    assert [t.text for t in tasks][:2] == ["white acura cl", "black acura cl"]
+    assert tasks[0].labels == Labels(make="acura", model="cl", color="white")
+    await store.close()
+    con = open_readonly(tmp_path / "c.sqlite")
+    st = status_counts(con)
+    assert st["queries"] == 10_460
+    # next_searches marked five in flight (committed on close)
+    assert st["searches"]["by_state"] == {"pending": 20_915, "in_flight": 5}
+    con.close()
+
+
+async def test_batched_writes_commit_once_and_recover_in_flight(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    store = await Store.open(path, commit_rows=10_000)
+    await store.add_queries([Query("red ford mustang", Labels("ford", "mustang", "red"))], ["bing"], 10)
+    (task,) = await store.next_searches("bing", 0, 10)
+    cands = [(i, Candidate(url=f"http://h{i % 3}.example/{i}.jpg", source="bing", title=f"t{i}"), f"k{i}") for i in range(5)]
+    store.record_search_page(task, page=0, candidates=cands, next_cursor="35", found=5, total_hits=None, done=False)
+    # nothing is visible to another connection before the batch commits
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT count(*) FROM candidates").fetchone()[0] == 0
+    await store.flush()
+    assert con.execute("SELECT count(*) FROM candidates").fetchone()[0] == 5
+    todo = await store.next_candidates(0, 3)
+    assert [t.url for t in todo] == [f"http://h{i % 3}.example/{i}.jpg" for i in range(3)]
+    sha = "ab" * 32
+    store.record_fetched(todo[0].candidate_id, sha256=sha, final_url=todo[0].url, attempts=1,
+                         image=StoredImage(sha, "images/ab/ab/x.jpg", "jpeg"), size=1234)
+    store.record_failure(todo[1].candidate_id, "http_404", 1)
+    await store.flush()
+    # simulate a kill: close the connection without finishing the run
+    await store._db.close()
+
+    store = await Store.open(path)
+    recovered = await store.recover()
+    assert recovered == {"searches": 1, "candidates": 1}  # one search and one candidate were in flight
+    rows = dict(con.execute("SELECT url, state FROM candidates").fetchall())
+    assert rows["http://h0.example/0.jpg"] == "done"
+    assert rows["http://h1.example/1.jpg"] == "failed"
+    assert rows["http://h2.example/2.jpg"] == "pending"
+    (again,) = await store.next_searches("bing", 0, 10)
+    assert again.cursor == "35" and again.pages == 1 and again.found == 5  # resumes at its page
+    assert [v for v in await store.images_awaiting_verdict("", 10)] == [StoredImage(sha, "images/ab/ab/x.jpg", "jpeg")]
+    store.record_verdicts([Verdict(sha256=sha, keep=True, reason="vehicle:sports car", model="m")])
+    await store.close()
+    st = status_counts(open_readonly(path))
+    assert st["kept"] == 1 and st["reasons"] == {"http_404": 1}
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+async def test_duplicate_urls_are_stored_once(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "c.sqlite")
+    for i in range(3):
+        store.add_url_candidate(f"http://x.example/a.jpg?{i % 2}", f"key{i % 2}", Labels(category="cat"))
+    await store.flush()
+    assert len(await store.next_candidates(0, 10)) == 2
+    await store.close()
+
+
+async def test_foreign_sqlite_file_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "other.sqlite"
+    con = sqlite3.connect(p)
+    con.execute("PRAGMA application_id=42")
+    con.execute("CREATE TABLE t(x)")
+    con.commit()
+    con.close()
+    with pytest.raises(CheckpointError, match="not a carcrawl checkpoint"):
+        await Store.open(p)
+    garbage = tmp_path / "garbage.sqlite"
+    garbage.write_bytes(b"this is not a database at all" * 100)
+    with pytest.raises(CheckpointError, match="not an SQLite database"):
+        await Store.open(garbage)
