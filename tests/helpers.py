@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -28,3 +32,38 @@ async def serve(routes: Callable[[web.Application], None], host: str = "127.0.0.
         yield f"http://{host}:{port}"
     finally:
         await runner.cleanup()
+
+
+@contextlib.contextmanager
+def sandbox_in_thread(**kwargs: object) -> Iterator[Any]:
+    """The real sandbox web on its own event loop in a background thread, so a crawler in this
+    process or in a subprocess (which a test may SIGKILL) can use it, and its access log stays
+    readable here."""
+    from carcrawl.sandbox import Sandbox
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="sandbox", daemon=True)
+    thread.start()
+    sb = Sandbox(**kwargs)  # type: ignore[arg-type]
+    asyncio.run_coroutine_threadsafe(sb.start(), loop).result(60)
+    try:
+        yield sb
+    finally:
+        asyncio.run_coroutine_threadsafe(sb.stop(), loop).result(60)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def carcrawl_cmd() -> list[str]:
+    return [sys.executable, "-m", "carcrawl.cli"]
+
+
+def image_shas(out: Path) -> set[str]:
+    """sha256 of every image file under out/images (excluding temp files)."""
+    return {p.stem for p in (out / "images").glob("*/*/*.*")}
