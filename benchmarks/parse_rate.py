@@ -109,6 +109,7 @@ def main() -> None:
         "selectolax": getattr(selectolax, "__version__", "?"),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
+        "load_average_1m": os.getloadavg()[0],  # other work on the machine skews the numbers
         "seconds_per_capture": args.seconds,
         "rows": rows,
         "summary": summary,

@@ -77,6 +77,7 @@ def test_all_bad_rows_are_listed_up_to_a_limit(tmp_path: Path) -> None:
         ("javascript:alert(1)", "not an http(s) URL"),
         ("http://a.example:99999/x", "not a valid URL"),
         ("//a.example/x.jpg", "not an http(s) URL"),
+        ("http://a.example/\x7f.jpg", "contains control characters"),
     ],
 )
 def test_url_checks(tmp_path: Path, value: str, why: str) -> None:

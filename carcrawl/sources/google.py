@@ -78,10 +78,8 @@ class GoogleSource:
             return SearchPage(problem=f"unknown_shape:{type(exc).__name__}")
 
     def _parse(self, status: int, body: bytes, cursor: str | None) -> SearchPage:
-        if _is_block_page(body):
-            return SearchPage(problem="blocked")  # Google sends it with 429 or 200
         if (problem := status_problem(status)) is not None:
-            return SearchPage(problem=problem)
+            return SearchPage(problem="blocked" if _is_block_page(body) else problem)  # "sorry" comes as 429
         if not body or not body.strip():
             return SearchPage(problem="empty")
         html = _html_payload(body)
@@ -89,9 +87,10 @@ class GoogleSource:
         if not candidates:
             candidates = self._from_triples(body)
         if not candidates:
-            return SearchPage(
-                problem="no_results" if b"rg_" in body or b"isch" in body else "unknown_shape:no rg_meta"
-            )
+            if _is_block_page(body):  # ... or as 200
+                return SearchPage(problem="blocked")
+            known = b"rg_" in body or b"isch" in body
+            return SearchPage(problem="no_results" if known else "unknown_shape:no rg_meta")
         page = int(cursor) if cursor and cursor.isdigit() else 0
         return SearchPage(candidates=tuple(candidates), next_cursor=str(page + 1))
 
