@@ -18,6 +18,7 @@ from typing import Any
 
 from carcrawl.config import ClassifyConfig
 from carcrawl.download import ClassifyItem
+from carcrawl.errors import CarcrawlError, ModelUnavailableError
 from carcrawl.filestore import ImageFiles
 from carcrawl.stats import Stats
 from carcrawl.store import Store
@@ -45,9 +46,18 @@ def classifier_settings(cfg: ClassifyConfig) -> Any:
 
 
 def load_classifier(cfg: ClassifyConfig) -> Any:
-    from carcrawl.classify import load_classifier as _load
+    """Load the configured model; any failure becomes one clear ModelUnavailableError."""
+    try:
+        from carcrawl.classify import load_classifier as _load
 
-    return _load(classifier_settings(cfg))
+        return _load(classifier_settings(cfg))
+    except CarcrawlError:
+        raise
+    except Exception as e:
+        raise ModelUnavailableError(
+            f"could not load the classifier ({cfg.model} on {cfg.device}): {type(e).__name__}: {e}. "
+            "Run with --no-classify to download only, or see README: Models."
+        ) from e
 
 
 class ClassifyStage:

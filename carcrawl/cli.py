@@ -55,10 +55,9 @@ def _settings(config: Path | None, overrides: dict[str, Any]) -> Any:
 def _run_async(coro: Any) -> Any:
     try:
         import uvloop
-
-        return uvloop.run(coro)
     except ImportError:
         return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 def _setup_logging(quiet: bool) -> None:
