@@ -248,6 +248,24 @@ def robots_tag(value: str) -> Callable[[Sandbox, aiohttp.ClientSession], Awaitab
     return check
 
 
+async def unresolvable(sb: Sandbox, http: aiohttp.ClientSession) -> None:
+    url = sb.fault_url("unresolvable", 3)
+    assert urlsplit(url).hostname.endswith(".invalid")  # type: ignore[union-attr]
+    with pytest.raises(aiohttp.ClientConnectorError):
+        await fetch(http, url)
+
+
+async def tls_self_signed(sb: Sandbox, http: aiohttp.ClientSession) -> None:
+    if "tls_self_signed" not in sb.layout.all_faults:
+        pytest.skip("no openssl command to make the sandbox certificate")
+    url = sb.fault_url("tls_self_signed", 1)
+    assert url.startswith("https://")
+    with pytest.raises(aiohttp.ClientConnectorCertificateError):
+        await fetch(http, url)
+    r, body = await fetch(http, url, ssl=False)
+    assert r.status == 200 and decodes(body)
+
+
 CHECKS: dict[str, Callable[[Sandbox, aiohttp.ClientSession], Awaitable[None]]] = {
     "slow_first_byte": slow_first_byte,
     "trickle": trickle,
@@ -274,6 +292,8 @@ CHECKS: dict[str, Callable[[Sandbox, aiohttp.ClientSession], Awaitable[None]]] =
     "robots_disallowed": robots_disallowed,
     "noai": robots_tag("noai"),
     "noimageai": robots_tag("noimageai"),
+    "unresolvable": unresolvable,
+    "tls_self_signed": tls_self_signed,
 }
 
 

@@ -22,15 +22,25 @@ the client is expected to record (in brackets):
   (must be KEPT: the magic number decides, not the name)
 - ``robots_disallowed``: a valid photo under ``/private/``, which robots.txt disallows
 - ``noai`` / ``noimageai``: a valid photo with ``X-Robots-Tag: noai`` / ``noimageai`` (opt-out)
+- ``unresolvable``: a host name under ``.invalid`` (RFC 2606), which never resolves (DNS error)
+- ``tls_self_signed``: a valid photo over HTTPS with a self-signed certificate (TLS error unless
+  the client turns verification off); needs the ``openssl`` command, else the fault is left out
+
+The last two are faults of the transport, so they are chosen per URL (or in the chaos mix), not
+per host: ``host_faults`` takes only the others.
 
 The bombs are built once per process, streaming, without ever holding the uncompressed bytes.
 """
 
 from __future__ import annotations
 
+import shutil
 import struct
+import subprocess
+import tempfile
 import threading
 import zlib
+from pathlib import Path
 
 FAULTS: tuple[str, ...] = (
     "slow_first_byte",
@@ -62,7 +72,12 @@ FAULTS: tuple[str, ...] = (
     "robots_disallowed",
     "noai",
     "noimageai",
+    "unresolvable",
+    "tls_self_signed",
 )
+
+#: faults of name resolution and TLS: by URL only (a host cannot commit them in its handler)
+TRANSPORT_FAULTS = frozenset({"unresolvable", "tls_self_signed"})
 
 #: faults after which the client should end up with a valid image (the rest must be rejected)
 RECOVERABLE = frozenset({"flaky_503", "redirect_chain", "wrong_ext", "wrong_type"})
@@ -129,3 +144,31 @@ def bomb(name: str) -> bytes:
             got = build_png_bomb() if name == "png_bomb" else build_gzip_bomb()
             _cache[name] = got
     return got
+
+
+_cert: list[tuple[Path, Path] | None] = []
+
+
+def self_signed_cert() -> tuple[Path, Path] | None:
+    """A throw-away self-signed certificate and key (PEM files in a temp folder), made once per
+    process with the ``openssl`` command; ``None`` where it is not installed or fails."""
+    with _lock:
+        if _cert:
+            return _cert[0]
+        got: tuple[Path, Path] | None = None
+        exe = shutil.which("openssl")
+        if exe is not None:
+            folder = Path(tempfile.mkdtemp(prefix="carcrawl-sandbox-tls-"))
+            cert, key = folder / "cert.pem", folder / "key.pem"
+            cmd = [
+                exe, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                "-keyout", str(key), "-out", str(cert), "-days", "3650", "-subj", "/CN=carcrawl-sandbox",
+                "-addext", "subjectAltName=IP:127.0.0.2,IP:127.0.0.1,DNS:localhost",
+            ]
+            try:
+                subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+                got = (cert, key)
+            except (OSError, subprocess.SubprocessError):
+                got = None
+        _cert.append(got)
+        return got

@@ -117,6 +117,7 @@ class SandboxLayout:
     all_faults: tuple[str, ...] = ()
     size_mix_photos: tuple[int, ...] = ()
     size_classes: int = 5
+    tls_port: int = 0  # the HTTPS site (self-signed) on the first host's address; 0 = none
     _results_cache: dict[tuple[str, str], tuple[ResultItem, ...]] = field(
         default_factory=dict, repr=False, compare=False
     )
@@ -142,7 +143,13 @@ class SandboxLayout:
         if fault == "robots_disallowed":
             return f"{self.host_base(i)}/private/{i}.jpg"
         if fault not in self.all_faults:
+            if fault == "tls_self_signed":
+                raise ValueError("the tls_self_signed fault needs the openssl command to make a certificate")
             raise ValueError(f"unknown sandbox fault {fault!r}; known: {', '.join(self.all_faults)}")
+        if fault == "unresolvable":
+            return f"http://img-{i}.sandbox.invalid/f/{fault}/{i}.jpg"
+        if fault == "tls_self_signed":
+            return f"https://{self.host_addresses[0]}:{self.tls_port}/f/{fault}/{i}.jpg"
         return f"{self.host_base(i)}/f/{fault}/{i}.{_FAULT_EXT.get(fault, 'jpg')}"
 
     def _mix(self) -> tuple[str, ...]:

@@ -27,7 +27,17 @@ from aiohttp import web
 
 from carcrawl.sandbox import engines as render
 from carcrawl.sandbox.accesslog import AccessLog
-from carcrawl.sandbox.faults import FAULTS, HTML_BODY, HTTP_STATUS, JSON_BODY, REDIRECT_HOPS, TEXT_BODY, bomb
+from carcrawl.sandbox.faults import (
+    FAULTS,
+    HTML_BODY,
+    HTTP_STATUS,
+    JSON_BODY,
+    REDIRECT_HOPS,
+    TEXT_BODY,
+    TRANSPORT_FAULTS,
+    bomb,
+    self_signed_cert,
+)
 from carcrawl.sandbox.layout import (
     DEMO_FAULTS,
     ENGINES,
@@ -110,8 +120,8 @@ class Sandbox:
         if not 0 <= port <= 65535:
             problems.append(f"port must be 0..65535, got {port}")
         for h, f in (host_faults or {}).items():
-            if f not in FAULTS or not 0 <= h < hosts:
-                problems.append(f"host_faults: {h}: {f!r} is not a host index and a fault name")
+            if f not in FAULTS or f in TRANSPORT_FAULTS or not 0 <= h < hosts:
+                problems.append(f"host_faults: {h}: {f!r} is not a host index and a fault a host can commit")
         for f in demo_faults:
             if f not in FAULTS:
                 problems.append(f"demo_faults: unknown fault {f!r}")
@@ -169,6 +179,7 @@ class Sandbox:
         try:
             host_addrs, host_ports = await self._start_hosts()
             engine_urls = await self._start_engines()
+            tls_port = await self._start_tls(host_addrs[0])
         except BaseException:
             await self.stop()
             raise
@@ -183,7 +194,8 @@ class Sandbox:
             chaos=self.chaos,
             results_per_query=self.results_per_query,
             demo_faults=self.demo_faults,
-            all_faults=FAULTS,
+            all_faults=tuple(f for f in FAULTS if f != "tls_self_signed" or tls_port),
+            tls_port=tls_port,
             size_mix_photos=tuple(ps.size_mix_photos()),
             size_classes=len(SIZE_CLASSES),
         )
@@ -221,6 +233,24 @@ class Sandbox:
                 shared = got  # try to give every host the same port
             ports.append(got)
         return addrs, ports
+
+    async def _start_tls(self, addr: str) -> int:
+        """Host 0's app again, over HTTPS with a self-signed certificate (0 where openssl is missing)."""
+        pair = await asyncio.to_thread(self_signed_cert)
+        if pair is None:
+            return 0
+        import ssl
+
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(str(pair[0]), str(pair[1]))
+        runner = web.AppRunner(self._host_app(0, addr), access_log=None, handle_signals=False, shutdown_timeout=0.2)
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, addr, 0, ssl_context=ctx, backlog=1024, reuse_address=True)
+        await site.start()
+        server = site._server  # noqa: SLF001 - the only way to learn an ephemeral port
+        assert server is not None
+        return int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
 
     async def _start_engines(self) -> dict[str, str]:
         urls: dict[str, str] = {}
@@ -496,8 +526,8 @@ class Sandbox:
             return await self._send(request, await self._jpeg(i), "application/octet-stream")
         if name in ("noai", "noimageai"):
             return await self._photo_response(request, i, {"X-Robots-Tag": name})
-        if name == "robots_disallowed":
-            return await self._photo_response(request, i)
+        if name in ("robots_disallowed", "tls_self_signed", "unresolvable"):
+            return await self._photo_response(request, i)  # the fault was in the transport (or robots.txt)
         if name == "png_bomb":
             return await self._send(request, await asyncio.to_thread(bomb, "png_bomb"), "image/png")
         if name == "gzip_bomb":
