@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -368,6 +369,8 @@ def parse(
     try:
         for line in parse_lines(source, file):
             typer.echo(line)
+    except BrokenPipeError:  # `carcrawl parse ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except (ValueError, OSError) as e:
         _fail(CarcrawlError(f"{file}: {e}"))
 

@@ -142,4 +142,4 @@ def print_category_report(checkpoint: Path) -> None:
     for r in rows:
         t.add_row(escape(r["category"]), str(r["requested"]), str(r["downloaded"]), str(r["kept"]), str(r["failed"]),
                   escape(", ".join(f"{k} {v}" for k, v in r["reasons"][:3])))
-    console.print(t)
+    Console().print(t)  # the command's result: stdout, unlike progress and logs

@@ -99,7 +99,7 @@ class SearchStage:
             if page.blocked:
                 blocks += 1
                 self.stats.inc("search_blocked")
-                log.warning("%s returned a block page; pausing the engine for %.0f s", source.name, es.block_backoff)
+                log.warning("%s returned a block page; pausing the engine for %.1f s", source.name, es.block_backoff)
                 engine.bucket.pause(es.block_backoff)
                 if blocks >= MAX_BLOCKS_PER_SEARCH:
                     self._fail(task, page_no, cursor, found, "blocked")
