@@ -51,6 +51,7 @@ from carcrawl.sandbox.photos import SIZE_CLASSES, VARIANTS, PhotoSet
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+CLIENT_CLOSED = 499  # nginx's status for "the client closed the connection first"
 MAX_HOSTS = 250  # 127.0.0.2 .. 127.0.0.251
 ROBOTS_DEFAULT = b"User-agent: *\nDisallow: /private/\n"
 ROBOTS_DISALLOW_ALL = b"User-agent: *\nDisallow: /\n"
@@ -343,6 +344,11 @@ class Sandbox:
                     await resp.prepare(request)
                     await resp.write_eof()
                 return resp
+            except ConnectionError:
+                # the client hung up (a size cap, a timeout, a kill): expected, not a server error;
+                # aiohttp drops a response it cannot send without logging a traceback
+                status = status or CLIENT_CLOSED
+                return web.Response(status=CLIENT_CLOSED)
             finally:
                 log.record(label, request.path_qs, start, time.monotonic(), status)
                 statuses[status] += 1
