@@ -29,6 +29,64 @@ from carcrawl.store import DownloadTask, Store
 
 log = logging.getLogger(__name__)
 
+#: reasons that say the content is unwanted (state ``rejected``), not that the transfer failed
+_REJECT_PREFIXES = ("not_image", "robots", "noai", "too_", "unsupported", "empty", "truncated_image")
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def image_size(body: bytes, fmt: str) -> tuple[int, int] | None:
+    """(width, height) from the image's header, without decoding; ``None`` when unknown."""
+    try:
+        if fmt == "png" and body[12:16] == b"IHDR":
+            return int.from_bytes(body[16:20], "big"), int.from_bytes(body[20:24], "big")
+        if fmt == "gif":
+            return int.from_bytes(body[6:8], "little"), int.from_bytes(body[8:10], "little")
+        if fmt == "bmp":
+            return int.from_bytes(body[18:22], "little", signed=True), abs(int.from_bytes(body[22:26], "little", signed=True))
+        if fmt == "webp":
+            kind = body[12:16]
+            if kind == b"VP8X":
+                return 1 + int.from_bytes(body[24:27], "little"), 1 + int.from_bytes(body[27:30], "little")
+            if kind == b"VP8L":
+                bits = int.from_bytes(body[21:25], "little")
+                return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+            if kind == b"VP8 ":
+                return int.from_bytes(body[26:28], "little") & 0x3FFF, int.from_bytes(body[28:30], "little") & 0x3FFF
+        if fmt == "jpeg":
+            i, n = 2, len(body)
+            while i + 9 <= n:
+                if body[i] != 0xFF:
+                    return None
+                marker = body[i + 1]
+                if marker == 0xFF:  # fill byte
+                    i += 1
+                    continue
+                if marker in _JPEG_SOF:
+                    return int.from_bytes(body[i + 7 : i + 9], "big"), int.from_bytes(body[i + 5 : i + 7], "big")
+                if marker == 0xDA:  # scan data before any frame header
+                    return None
+                if 0xD0 <= marker <= 0xD8 or marker == 0x01:
+                    i += 2
+                    continue
+                i += 2 + int.from_bytes(body[i + 2 : i + 4], "big")
+    except (IndexError, ValueError):
+        return None
+    return None
+
+
+def content_problem(body: bytes, fmt: str, max_pixels: int) -> str | None:
+    """Cheap checks on stored-to-be bytes, before any decoder sees them: a header claiming more
+    than ``max_pixels`` (a decompression bomb: a 50 000 x 50 000 PNG is a few hundred KB) or a
+    JPEG/PNG cut short (no end marker after the last scan / no IEND chunk)."""
+    size = image_size(body, fmt)
+    if size is not None and size[0] * size[1] > max_pixels:
+        return "too_many_pixels"
+    if fmt == "jpeg" and body.rfind(b"\xff\xd9") < body.rfind(b"\xff\xda"):
+        return "truncated_image"
+    if fmt == "png" and b"IEND" not in body[-4096:]:
+        return "truncated_image"
+    return None
+
 
 @dataclass(frozen=True, slots=True)
 class ClassifyItem:
@@ -130,6 +188,7 @@ class DownloadStage:
         stats: Stats,
         classify_queue: asyncio.Queue[ClassifyItem | None] | None,
         page_size: int = 512,
+        max_pixels: int = 50_000_000,
     ):
         self.store = store
         self.client = client
@@ -138,6 +197,7 @@ class DownloadStage:
         self.stats = stats
         self.classify_queue = classify_queue
         self.page_size = page_size
+        self.max_pixels = max_pixels
         buffer = max(2 * settings.concurrency, page_size)
         self.scheduler = HostScheduler(client, settings.concurrency, buffer, self._fetch_one)
         self._retries: set[asyncio.TimerHandle] = set()
@@ -185,6 +245,10 @@ class DownloadStage:
             if isinstance(result, Failure):
                 self._failed(task, result, attempts)
                 return
+            problem = content_problem(result.body, result.format, self.max_pixels)
+            if problem is not None:
+                self._failed(task, Failure(task.candidate_id, task.url, problem), attempts)
+                return
             await self._stored(result, attempts)
         except DiskFullError as e:
             if self.fatal is None:
@@ -216,7 +280,7 @@ class DownloadStage:
             return
         self.stats.inc("failed")
         self.stats.reason(failure.reason)
-        state = "rejected" if failure.reason.startswith(("not_image", "robots", "noai", "too_", "unsupported", "empty")) else "failed"
+        state = "rejected" if failure.reason.startswith(_REJECT_PREFIXES) else "failed"
         self.store.record_failure(task.candidate_id, failure.reason, attempts, state)
 
     async def _stored(self, fetched: Fetched, attempts: int) -> None:

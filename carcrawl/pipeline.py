@@ -183,7 +183,7 @@ class Pipeline:
         classify_on = s.classify.enabled
         queue: asyncio.Queue[ClassifyItem | None] | None = asyncio.Queue(s.download.queue_size) if classify_on else None
         search = SearchStage(store, client, self._engines(), self.stats)
-        download = DownloadStage(store, client, files, s.download, self.stats, queue)
+        download = DownloadStage(store, client, files, s.download, self.stats, queue, max_pixels=s.classify.max_pixels)
         self._stages = [search, download]
         classify = None
         if classify_on:
