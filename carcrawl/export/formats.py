@@ -1,0 +1,266 @@
+"""The four export formats. Each writes into a fresh folder that replaces the target only when
+complete, so an interrupted export never leaves a half dataset under the real name.
+
+- ``imagefolder``: ``OUT/{train,val,test}/<class>/<sha256>.<ext>`` (``torchvision.datasets.ImageFolder``);
+- ``hf``: ``OUT/{train,validation,test}/<sha256>.<ext>`` + ``metadata.jsonl`` per split
+  (``datasets.load_dataset("imagefolder", data_dir=OUT)``);
+- ``webdataset``: ``OUT/<split>-000000.tar`` shards, per sample ``<sha256>.<ext>``, ``.json``, ``.cls``;
+- ``parquet``: ``OUT/manifest.parquet``, one row per stored image, every column we know.
+
+Images are hard-linked from ``images/`` when the filesystem allows (no copy, no extra space; the
+files are content-addressed and never rewritten), else copied. File names are content hashes;
+class folder names go through :func:`carcrawl.export.labels.safe_name`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import shutil
+import tarfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from carcrawl.errors import CarcrawlError
+from carcrawl.export.labels import folder_names, inside
+from carcrawl.export.plan import DatasetPlan, Entry
+from carcrawl.filestore import EXTENSIONS, relative_path
+
+MARKER = ".carcrawl-export.json"
+HF_SPLIT = {"train": "train", "val": "validation", "test": "test"}
+SHARD_SAMPLES = 1000
+SHARD_BYTES = 512 * 1024 * 1024
+
+
+def source_path(plan: DatasetPlan, e: Entry) -> Path:
+    """The stored file of an entry, from its sha256 and format (never from text in the database)."""
+    return plan.out_dir / relative_path(e.record.sha256, e.record.format)
+
+
+def file_name(e: Entry) -> str:
+    return f"{e.record.sha256}.{EXTENSIONS.get(e.record.format, 'bin')}"
+
+
+def _place(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def manifest_row(plan: DatasetPlan, e: Entry) -> dict[str, Any]:
+    """Every column we know about one image (JSON-able)."""
+    r, c = e.record, e.candidate
+    return {
+        "sha256": r.sha256, "label": e.label, "split": e.split, "in_dataset": e.excluded is None,
+        "excluded_reason": e.excluded, "scheme": plan.scheme,
+        "make": c.make if c else None, "model": c.model if c else None, "color": c.color if c else None,
+        "body_type": c.body_type if c else None, "category": c.category if c else None,
+        "url": c.url if c else None, "urls": [x.url for x in r.candidates], "source": c.source if c else None,
+        "query": c.query if c else None, "search_page": c.page if c else None, "search_rank": c.rank if c else None,
+        "page_url": c.page_url if c else None, "title": c.title if c else None,
+        "license": c.license if c else None, "license_url": c.license_url if c else None,
+        "creator": c.creator if c else None, "attribution": c.attribution if c else None,
+        "format": r.format, "bytes": r.bytes, "width": r.width, "height": r.height,
+        "keep": r.keep, "verdict_reason": r.verdict_reason, "classifier": r.model,
+        "top_labels": [p[0] for p in r.top5], "top_scores": [float(p[1]) for p in r.top5],
+        "review_mark": r.mark, "refined_score": r.refined_score,
+        "cluster": r.cluster, "near_duplicate_of": r.near_duplicate_of,
+        "label_conflict": e.label_conflict, "body_type_vector": e.body_type_vector,
+    }
+
+
+class _Output:
+    """Write into ``<to>.tmp-<id>`` and swap it into place at the end. Refuses to replace a
+    non-empty folder that is not an earlier carcrawl export."""
+
+    def __init__(self, to: Path):
+        self.to = Path(to)
+        if self.to.exists() and (not self.to.is_dir() or (any(self.to.iterdir()) and not (self.to / MARKER).exists())):
+            raise CarcrawlError(f"{self.to}: exists and is not an earlier carcrawl export; choose another --to")
+        self.tmp = self.to.parent / f".{self.to.name}.tmp-{uuid.uuid4().hex[:8]}"
+
+    def __enter__(self) -> Path:
+        self.tmp.mkdir(parents=True)
+        return self.tmp
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        old = None
+        if self.to.exists():
+            old = self.to.parent / f".{self.to.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(self.to, old)
+        os.replace(self.tmp, self.to)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _marker(root: Path, plan: DatasetPlan, fmt: str, extra: dict[str, Any]) -> None:
+    info = {"format": fmt, "scheme": plan.scheme, "seed": plan.seed, "ratios": plan.ratios,
+            "images": len(plan.exported), "classes": plan.classes, "written_at": time.time(), **extra}
+    (root / MARKER).write_text(json.dumps(info, indent=1))
+
+
+def _classes_file(root: Path, plan: DatasetPlan, folders: dict[str, str] | None = None) -> None:
+    """``classes.json``: class index -> label (and folder), the same index in every split."""
+    classes = plan.classes
+    if folders:  # ImageFolder indexes classes by sorted folder name
+        classes = sorted(classes, key=lambda c: folders[c])
+    rows = [{"index": i, "label": c, **({"folder": folders[c]} if folders else {})} for i, c in enumerate(classes)]
+    (root / "classes.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False))
+
+
+def write_imagefolder(plan: DatasetPlan, to: Path) -> dict[str, Any]:
+    folders = folder_names(plan.classes)
+    with _Output(to) as root:
+        made: set[Path] = set()
+        for split in ("train", "val", "test"):
+            (root / split).mkdir()
+        for e in plan.exported:
+            assert e.label is not None and e.split is not None
+            d = inside(root, e.split, folders[e.label])
+            if d not in made:
+                d.mkdir(parents=True, exist_ok=True)
+                made.add(d)
+            _place(source_path(plan, e), d / file_name(e))
+        _classes_file(root, plan, folders)
+        _marker(root, plan, "imagefolder", {})
+    return {"path": str(to)}
+
+
+def write_hf(plan: DatasetPlan, to: Path) -> dict[str, Any]:
+    keep = ("sha256", "label", "make", "model", "color", "body_type", "category", "url", "source", "query",
+            "page_url", "title", "license", "license_url", "creator", "attribution", "width", "height",
+            "verdict_reason", "top_labels", "top_scores", "review_mark", "refined_score", "cluster",
+            "label_conflict")
+    with _Output(to) as root:
+        by_split: dict[str, list[Entry]] = {}
+        for e in plan.exported:
+            assert e.split is not None
+            by_split.setdefault(e.split, []).append(e)
+        for split, entries in by_split.items():
+            d = root / HF_SPLIT[split]
+            d.mkdir()
+            with open(d / "metadata.jsonl", "w", encoding="utf-8") as meta:
+                for e in entries:
+                    _place(source_path(plan, e), d / file_name(e))
+                    row = manifest_row(plan, e)
+                    meta.write(json.dumps({"file_name": file_name(e), **{k: _hf_value(k, row[k]) for k in keep}},
+                                          ensure_ascii=False))
+                    meta.write("\n")
+        _classes_file(root, plan)
+        _marker(root, plan, "hf", {})
+    return {"path": str(to), "splits": sorted(HF_SPLIT[s] for s in by_split)}
+
+
+def _hf_value(key: str, value: Any) -> Any:
+    """No nulls: the ``datasets`` loader infers each split's column types from its values, and a
+    column that is all-null in one split but text in another fails to load. Missing text is
+    ``""``, a missing number ``-1``."""
+    if value is not None:
+        return value
+    if key == "refined_score":
+        return -1.0
+    return -1 if key in ("width", "height") else ""
+
+
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o644
+    info.uname = info.gname = "carcrawl"
+    return info
+
+
+def write_webdataset(plan: DatasetPlan, to: Path, shard_samples: int = SHARD_SAMPLES) -> dict[str, Any]:
+    index = {c: i for i, c in enumerate(plan.classes)}
+    shards: list[str] = []
+    with _Output(to) as root:
+        for split in ("train", "val", "test"):
+            entries = sorted((e for e in plan.exported if e.split == split), key=lambda e: e.record.sha256)
+            random.Random(f"{plan.seed}:{split}").shuffle(entries)  # training reads shards in order
+            for i, shard in enumerate(_shards(entries, shard_samples)):
+                name = f"{split}-{i:06d}.tar"
+                shards.append(name)
+                with tarfile.open(root / name, "w") as tar:
+                    for e in shard:
+                        key, ext = e.record.sha256, EXTENSIONS.get(e.record.format, "bin")
+                        meta = json.dumps(manifest_row(plan, e), ensure_ascii=False).encode()
+                        cls = str(index[e.label or ""]).encode()
+                        body = source_path(plan, e).read_bytes()
+                        for member, data in ((f"{key}.{ext}", body), (f"{key}.json", meta), (f"{key}.cls", cls)):
+                            tar.addfile(_tarinfo(member, len(data)), io.BytesIO(data))
+        _classes_file(root, plan)
+        _marker(root, plan, "webdataset", {"shards": shards})
+    return {"path": str(to), "shards": shards}
+
+
+def _shards(entries: list[Entry], max_samples: int) -> list[list[Entry]]:
+    """Cut a split into shards of at most ``max_samples`` samples and about ``SHARD_BYTES`` bytes."""
+    out: list[list[Entry]] = []
+    size = 0
+    for e in entries:
+        if not out or len(out[-1]) >= max_samples or size >= SHARD_BYTES:
+            out.append([])
+            size = 0
+        out[-1].append(e)
+        size += e.record.bytes
+    return out
+
+
+def write_parquet(plan: DatasetPlan, to: Path) -> dict[str, Any]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    single = to.suffix == ".parquet"
+    rows = []
+    for e in plan.entries:
+        row = manifest_row(plan, e)
+        row["path"] = os.path.relpath(source_path(plan, e).resolve(), (to.parent if single else to).resolve())
+        row["body_type_vector"] = list(row["body_type_vector"].items())
+        rows.append(row)
+    schema = pa.schema([
+        ("sha256", pa.string()), ("path", pa.string()), ("label", pa.string()), ("split", pa.string()),
+        ("in_dataset", pa.bool_()), ("excluded_reason", pa.string()), ("scheme", pa.string()),
+        ("make", pa.string()), ("model", pa.string()), ("color", pa.string()), ("body_type", pa.string()),
+        ("category", pa.string()), ("url", pa.string()), ("urls", pa.list_(pa.string())), ("source", pa.string()),
+        ("query", pa.string()), ("search_page", pa.int32()), ("search_rank", pa.int32()), ("page_url", pa.string()),
+        ("title", pa.string()), ("license", pa.string()), ("license_url", pa.string()), ("creator", pa.string()),
+        ("attribution", pa.string()), ("format", pa.string()), ("bytes", pa.int64()), ("width", pa.int32()),
+        ("height", pa.int32()), ("keep", pa.bool_()), ("verdict_reason", pa.string()), ("classifier", pa.string()),
+        ("top_labels", pa.list_(pa.string())), ("top_scores", pa.list_(pa.float32())),
+        ("review_mark", pa.string()), ("refined_score", pa.float32()), ("cluster", pa.string()),
+        ("near_duplicate_of", pa.string()), ("label_conflict", pa.string()),
+        ("body_type_vector", pa.map_(pa.string(), pa.float32())),
+    ], metadata={"carcrawl.scheme": plan.scheme, "carcrawl.seed": str(plan.seed),
+                 "carcrawl.ratios": ",".join(str(r) for r in plan.ratios),
+                 "carcrawl.path": "image path relative to the folder holding this file"})
+    table = pa.Table.from_pylist(rows, schema=schema)
+    if single:
+        to.parent.mkdir(parents=True, exist_ok=True)
+        tmp = to.parent / f".{to.name}.tmp-{uuid.uuid4().hex[:8]}"
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, to)
+        return {"path": str(to)}
+    to.parent.mkdir(parents=True, exist_ok=True)
+    with _Output(to) as root:
+        # paths were made relative to the final folder, which sits beside the temporary one
+        pq.write_table(table, root / "manifest.parquet", compression="zstd")
+        _marker(root, plan, "parquet", {})
+    return {"path": str(to / "manifest.parquet")}
+
+
+WRITERS: dict[str, Callable[[DatasetPlan, Path], dict[str, Any]]] = {
+    "imagefolder": write_imagefolder,
+    "hf": write_hf,
+    "webdataset": write_webdataset,
+    "parquet": write_parquet,
+}

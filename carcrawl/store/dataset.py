@@ -1,0 +1,355 @@
+"""The dataset side of the checkpoint: every SQL statement export, report, review and refine need.
+
+The crawl's tables (candidates, images, verdicts, ...) are only read here. The dataset side adds
+its own tables beside them, created with ``CREATE TABLE IF NOT EXISTS`` whenever a dataset
+command opens the checkpoint, so an old checkpoint gains them on first use:
+
+- ``image_hashes``: perceptual hashes per image (computed once, reused by every export);
+- ``near_duplicates``: members of near-duplicate clusters (``best`` is the member kept);
+- ``reviews``: the reviewer's marks from the report page (they win over the model);
+- ``refined``: the probe's score for every image with an embedding (``carcrawl refine``);
+- ``splits``: the split each image got per split plan, so a later export keeps test images in test.
+
+Writes go through one short transaction each (with a busy timeout), so a crawl writing to the same
+WAL checkpoint is delayed by milliseconds, not blocked.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from carcrawl.errors import CheckpointError
+from carcrawl.store import APPLICATION_ID, status_counts
+
+DATASET_SCHEMA = """
+CREATE TABLE IF NOT EXISTS image_hashes(
+  sha256 TEXT PRIMARY KEY, hashes BLOB, width INTEGER, height INTEGER, error TEXT);
+CREATE TABLE IF NOT EXISTS near_duplicates(
+  sha256 TEXT PRIMARY KEY, cluster TEXT NOT NULL, best TEXT NOT NULL, distance INTEGER);
+CREATE TABLE IF NOT EXISTS reviews(
+  sha256 TEXT PRIMARY KEY, mark TEXT NOT NULL CHECK (mark IN ('right', 'wrong')), reviewed_at REAL, source TEXT);
+CREATE TABLE IF NOT EXISTS refined(
+  sha256 TEXT PRIMARY KEY, score REAL NOT NULL, probe TEXT NOT NULL, created_at REAL);
+CREATE TABLE IF NOT EXISTS splits(
+  plan TEXT NOT NULL, sha256 TEXT NOT NULL, split TEXT NOT NULL, PRIMARY KEY(plan, sha256));
+"""
+
+NEAR_DUP_PREFIX = "near_duplicate_of:"
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateInfo:
+    """One URL that delivered an image (several URLs can deliver the same bytes)."""
+
+    id: int
+    url: str
+    source: str
+    query: str | None
+    page: int | None
+    rank: int | None
+    title: str | None
+    page_url: str | None
+    license: str | None
+    license_url: str | None
+    creator: str | None
+    attribution: str | None
+    make: str
+    model: str
+    color: str
+    body_type: str
+    category: str
+
+
+@dataclass(slots=True)
+class ImageRecord:
+    """Everything the checkpoint knows about one stored image (no embedding: those stay on disk)."""
+
+    sha256: str
+    path: str
+    format: str
+    bytes: int
+    width: int | None
+    height: int | None
+    state: str
+    reason: str | None
+    keep: bool | None
+    verdict_reason: str | None
+    top5: list[tuple[str, float]]
+    model: str | None
+    mark: str | None
+    refined_score: float | None
+    cluster: str | None
+    best: str | None
+    candidates: list[CandidateInfo] = field(default_factory=list)
+
+    @property
+    def near_duplicate_of(self) -> str | None:
+        return self.best if self.best and self.best != self.sha256 else None
+
+
+@dataclass(frozen=True, slots=True)
+class HashRow:
+    sha256: str
+    hashes: bytes | None
+    width: int | None
+    height: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class DedupMember:
+    """An image taking part in near-duplicate detection, with what ranks the best member."""
+
+    sha256: str
+    path: str
+    bytes: int
+    width: int | None
+    height: int | None
+    sources: tuple[str, ...]
+    licensed: bool
+
+
+def checkpoint_of(target: str | Path) -> Path:
+    """The checkpoint file of an output folder (or the file itself when given one)."""
+    p = Path(target)
+    return p / "checkpoint.sqlite" if p.is_dir() or not p.suffix else p
+
+
+class DatasetDB:
+    """A read-write connection to a checkpoint for the dataset commands. Use as a context manager."""
+
+    def __init__(self, con: sqlite3.Connection, path: Path):
+        self.con = con
+        self.path = path
+
+    @classmethod
+    def open(cls, target: str | Path) -> DatasetDB:
+        path = checkpoint_of(target)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no checkpoint here (run `carcrawl crawl --out DIR` or `carcrawl demo` first)")
+        try:
+            con = sqlite3.connect(path, timeout=30, isolation_level=None)
+            app_id = con.execute("PRAGMA application_id").fetchone()[0]
+        except sqlite3.DatabaseError as e:
+            raise CheckpointError(f"{path}: not an SQLite database ({e})") from None
+        if app_id != APPLICATION_ID:
+            con.close()
+            raise CheckpointError(f"{path}: not a carcrawl checkpoint")
+        con.execute("PRAGMA busy_timeout=30000")
+        try:
+            con.executescript(DATASET_SCHEMA)
+        except sqlite3.OperationalError as e:
+            con.close()
+            raise CheckpointError(f"{path}: cannot add the dataset tables ({e})") from None
+        return cls(con, path)
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> DatasetDB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def out_dir(self) -> Path:
+        return self.path.parent
+
+    def _tx(self, statements: Iterable[tuple[str, list[tuple[Any, ...]]]]) -> None:
+        self.con.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, rows in statements:
+                self.con.executemany(sql, rows)
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+
+    # -- perceptual hashes and near-duplicates ------------------------------------------------
+
+    def dedup_members(self) -> list[DedupMember]:
+        """Images that can be in the dataset: kept (or unclassified), currently marked a near
+        duplicate, or marked right by the reviewer."""
+        rows = self.con.execute(
+            "SELECT i.sha256, i.path, i.bytes, coalesce(i.width, h.width), coalesce(i.height, h.height),"
+            " group_concat(DISTINCT c.source), max(c.license IS NOT NULL AND c.license != '')"
+            " FROM images i LEFT JOIN image_hashes h ON h.sha256 = i.sha256"
+            " LEFT JOIN candidates c ON c.sha256 = i.sha256 AND c.state = 'done'"
+            " LEFT JOIN reviews r ON r.sha256 = i.sha256"
+            " WHERE (i.state = 'done' OR i.reason LIKE 'near_duplicate_of:%' OR r.mark = 'right')"
+            " AND coalesce(r.mark, '') != 'wrong'"
+            " GROUP BY i.sha256 ORDER BY i.sha256"
+        ).fetchall()
+        return [
+            DedupMember(r[0], r[1], r[2], r[3], r[4], tuple(sorted((r[5] or "").split(","))) if r[5] else (), bool(r[6]))
+            for r in rows
+        ]
+
+    def hashes(self, shas: list[str]) -> dict[str, HashRow]:
+        out: dict[str, HashRow] = {}
+        for i in range(0, len(shas), 500):
+            chunk = shas[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            for r in self.con.execute(
+                f"SELECT sha256, hashes, width, height FROM image_hashes WHERE sha256 IN ({marks})", chunk
+            ):
+                out[r[0]] = HashRow(r[0], r[1], r[2], r[3])
+        return out
+
+    def save_hashes(self, rows: list[tuple[str, bytes | None, int | None, int | None, str | None]]) -> None:
+        """(sha256, hashes, width, height, error) rows, one transaction."""
+        self._tx([("INSERT OR REPLACE INTO image_hashes(sha256, hashes, width, height, error) VALUES (?,?,?,?,?)", rows)])
+
+    def embeddings(self, shas: Iterable[str] | None = None) -> Iterator[tuple[str, bytes, str]]:
+        """(sha256, float16 embedding bytes, model) for images that have one."""
+        if shas is None:
+            yield from self.con.execute(
+                "SELECT sha256, embedding, model FROM verdicts WHERE embedding IS NOT NULL ORDER BY sha256"
+            )
+            return
+        wanted = list(shas)
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            yield from self.con.execute(
+                f"SELECT sha256, embedding, model FROM verdicts WHERE embedding IS NOT NULL AND sha256 IN ({marks})", chunk
+            )
+
+    def replace_near_duplicates(self, members: list[tuple[str, str, str, int]]) -> None:
+        """Replace all clusters at once: (sha256, cluster, best, distance) for every member of a
+        cluster of two or more. Non-best members become ``rejected:near_duplicate_of:<best>``;
+        images that were near duplicates before but are not now get their classifier state back."""
+        restore = (
+            "UPDATE images SET"
+            " state = coalesce((SELECT CASE WHEN v.keep THEN 'done' ELSE 'rejected' END FROM verdicts v"
+            "   WHERE v.sha256 = images.sha256), 'done'),"
+            " reason = coalesce((SELECT v.reason FROM verdicts v WHERE v.sha256 = images.sha256), 'classify_disabled')"
+            " WHERE reason LIKE 'near_duplicate_of:%'"
+        )
+        self._tx([
+            (restore, [()]),
+            ("DELETE FROM near_duplicates", [()]),
+            ("INSERT INTO near_duplicates(sha256, cluster, best, distance) VALUES (?,?,?,?)", members),
+            ("UPDATE images SET state='rejected', reason=? WHERE sha256=?",
+             [(NEAR_DUP_PREFIX + best, sha) for sha, _c, best, _d in members if sha != best]),
+        ])
+
+    # -- the dataset --------------------------------------------------------------------------
+
+    def records(self) -> list[ImageRecord]:
+        """Every stored image with its verdict, marks, scores, cluster and the URLs that gave it."""
+        recs: dict[str, ImageRecord] = {}
+        for r in self.con.execute(
+            "SELECT i.sha256, i.path, i.format, i.bytes, coalesce(i.width, h.width), coalesce(i.height, h.height),"
+            " i.state, i.reason, v.keep, v.reason, v.top5, v.model, rv.mark, f.score, n.cluster, n.best"
+            " FROM images i LEFT JOIN verdicts v ON v.sha256 = i.sha256"
+            " LEFT JOIN image_hashes h ON h.sha256 = i.sha256 LEFT JOIN reviews rv ON rv.sha256 = i.sha256"
+            " LEFT JOIN refined f ON f.sha256 = i.sha256 LEFT JOIN near_duplicates n ON n.sha256 = i.sha256"
+            " WHERE i.state IN ('done', 'rejected') ORDER BY i.sha256"
+        ):
+            top5: list[tuple[str, float]] = []
+            if r[10]:
+                try:
+                    top5 = [(str(p[0]), float(p[1])) for p in json.loads(r[10])]
+                except (ValueError, TypeError, IndexError):
+                    top5 = []
+            recs[r[0]] = ImageRecord(
+                sha256=r[0], path=r[1], format=r[2], bytes=r[3], width=r[4], height=r[5], state=r[6], reason=r[7],
+                keep=None if r[8] is None else bool(r[8]), verdict_reason=r[9], top5=top5, model=r[11], mark=r[12],
+                refined_score=r[13], cluster=r[14], best=r[15],
+            )
+        for r in self.con.execute(
+            "SELECT c.sha256, c.id, c.url, c.source, q.text, c.page, c.rank, c.title, c.page_url, c.license,"
+            " c.license_url, c.creator, c.attribution, c.make, c.model, c.color, c.body_type, c.category"
+            " FROM candidates c LEFT JOIN queries q ON q.id = c.query_id"
+            " WHERE c.state = 'done' AND c.sha256 IS NOT NULL ORDER BY c.sha256, c.id"
+        ):
+            rec = recs.get(r[0])
+            if rec is not None:
+                rec.candidates.append(CandidateInfo(*r[1:]))
+        return list(recs.values())
+
+    def bodytype_hits(self) -> list[tuple[str, str, str, str, int]]:
+        """(make, model, body_type, source, total_hits) of every counted body-type search."""
+        return self.con.execute(
+            "SELECT q.make, q.model, q.body_type, s.source, s.total_hits FROM searches s"
+            " JOIN queries q ON q.id = s.query_id WHERE q.kind = 'bodytype' AND s.total_hits IS NOT NULL"
+        ).fetchall()
+
+    # -- splits -------------------------------------------------------------------------------
+
+    def previous_splits(self, plan: str) -> dict[str, str]:
+        return dict(self.con.execute("SELECT sha256, split FROM splits WHERE plan = ?", (plan,)).fetchall())
+
+    def save_splits(self, plan: str, assignments: dict[str, str]) -> None:
+        self._tx([
+            ("INSERT OR REPLACE INTO splits(plan, sha256, split) VALUES (?,?,?)",
+             [(plan, sha, split) for sha, split in assignments.items()]),
+        ])
+
+    # -- reviews and the probe ----------------------------------------------------------------
+
+    def known_shas(self, shas: Iterable[str]) -> set[str]:
+        wanted = list(shas)
+        out: set[str] = set()
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            out.update(r[0] for r in self.con.execute(f"SELECT sha256 FROM images WHERE sha256 IN ({marks})", chunk))
+        return out
+
+    def save_reviews(self, marks: dict[str, str], source: str) -> None:
+        """Apply marks (``right``/``wrong``; ``none`` clears a mark). A later import wins."""
+        now = time.time()
+        self._tx([
+            ("INSERT OR REPLACE INTO reviews(sha256, mark, reviewed_at, source) VALUES (?,?,?,?)",
+             [(s, m, now, source) for s, m in marks.items() if m in ("right", "wrong")]),
+            ("DELETE FROM reviews WHERE sha256 = ?", [(s,) for s, m in marks.items() if m == "none"]),
+        ])
+
+    def reviews(self) -> dict[str, str]:
+        return dict(self.con.execute("SELECT sha256, mark FROM reviews").fetchall())
+
+    def save_refined(self, scores: list[tuple[str, float]], probe: str) -> None:
+        now = time.time()
+        self._tx([
+            ("DELETE FROM refined", [()]),
+            ("INSERT INTO refined(sha256, score, probe, created_at) VALUES (?,?,?,?)",
+             [(s, float(v), probe, now) for s, v in scores]),
+        ])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._tx([("INSERT OR REPLACE INTO meta(key, value) VALUES (?,?)", [(key, value)])])
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    # -- report -------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return status_counts(self.con)
+
+    def sources(self) -> list[tuple[str, str, int]]:
+        """(source, candidate state, count)."""
+        return self.con.execute("SELECT source, state, count(*) FROM candidates GROUP BY 1, 2 ORDER BY 1, 2").fetchall()
+
+    def licences(self) -> list[tuple[str, int]]:
+        """Licences of the images downloaded (by URL), most common first."""
+        return self.con.execute(
+            "SELECT coalesce(nullif(license, ''), 'unknown'), count(*) FROM candidates WHERE state = 'done'"
+            " GROUP BY 1 ORDER BY 2 DESC"
+        ).fetchall()
+
+    def progress(self) -> list[tuple[float, int, int, int, int, int]]:
+        """(ts, run_id, fetched, failed, classified, bytes) samples of every run, oldest first."""
+        return self.con.execute(
+            "SELECT ts, run_id, coalesce(fetched, 0), coalesce(failed, 0), coalesce(classified, 0), coalesce(bytes, 0)"
+            " FROM progress ORDER BY ts"
+        ).fetchall()
