@@ -1,0 +1,206 @@
+"""The classifier: decoder + network + vehicle policy, one call per batch, never raising per image.
+
+``classify`` takes one batch (the crawl's classify stage calls it from a worker thread);
+``classify_batches`` takes a stream of batches and decodes batch N+1 in a prefetch thread while
+batch N is inferred (``carcrawl classify`` and the benchmarks use it; ``classify`` uses it too when
+handed more than ``batch_size`` items).
+
+Device and decoder selection (``load_classifier``):
+
+- ``device="auto"``: CUDA when torch sees a GPU, else the CPU. ``"cuda"`` without a GPU is an error.
+- ``decoder="auto"``: on CUDA, DALI's mixed (nvJPEG) pipeline when DALI imports and decodes a
+  test image on that GPU, else Pillow decode with the model on the GPU; on the CPU, Pillow (or
+  Pillow-SIMD when installed), which measured faster than DALI's CPU pipeline on this project's
+  2-core machine (benchmarks/RESULTS.md, "Classify: CPU throughput"). ``"dali"`` forces DALI
+  (its CPU pipeline on the CPU); ``"pillow"`` forces Pillow.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from carcrawl.classify.decode import DECODE_ERROR, DecodedBatch, PillowDecoder
+from carcrawl.classify.networks import Network, load_network
+from carcrawl.classify.policy import POLICIES, decide, imagenet_labels
+from carcrawl.classify.settings import ClassifySettings, thread_count
+from carcrawl.errors import ConfigError, ModelUnavailableError
+from carcrawl.models import Prediction, Verdict
+
+log = logging.getLogger(__name__)
+
+Item = tuple[str, bytes]  # (sha256, encoded image bytes)
+
+
+class Classifier:
+    """A loaded model with its decoder and policy. ``name``: the model; ``device``: "cpu" or
+    "cuda"; ``decoder``: the decoder's name (pillow, pillow-simd, dali-cpu, dali-gpu (nvjpeg))."""
+
+    def __init__(self, settings: ClassifySettings, network: Network, decoder: Any, threads: int, overlap: bool = True) -> None:
+        self.settings = settings
+        self.network = network
+        self._decoder = decoder
+        self.name = network.name
+        self.device = network.device.type
+        self.decoder = decoder.name
+        self.threads = threads
+        self.overlap = overlap  # decode batch N+1 while batch N is inferred
+        self._prefetch = ThreadPoolExecutor(1, thread_name_prefix="carcrawl-decode")
+        self._labels = imagenet_labels()
+        self._ranked = max(5, settings.top_k)
+
+    def describe(self) -> str:
+        threads = f", {self.threads} threads" if self.device == "cpu" else ""
+        return (
+            f"{self.name} ({self.network.source}) on {self.device}, decoder {self.decoder}, "
+            f"batch {self.settings.batch_size}{threads}, policy {self._policy_text()}"
+        )
+
+    def _policy_text(self) -> str:
+        s = self.settings
+        if s.policy == "topk":
+            return f"topk k={s.top_k}"
+        if s.policy in ("mass", "mass_raw"):
+            return f"{s.policy} >= {s.threshold:g}"
+        return s.policy
+
+    # -- public -----------------------------------------------------------------------------
+    def classify(self, items: Sequence[Item]) -> list[Verdict]:
+        """One Verdict per item, in order. Bad images get ``decode_error``/``too_many_pixels``."""
+        size = max(1, self.settings.batch_size)
+        chunks = [list(items[i : i + size]) for i in range(0, len(items), size)]
+        out: list[Verdict] = []
+        for verdicts in self.classify_batches(chunks):
+            out += verdicts
+        return out
+
+    def classify_batches(self, batches: Iterable[Sequence[Item]]) -> Iterator[list[Verdict]]:
+        """Classify a stream of batches, decoding the next batch while the current one runs."""
+        pending: tuple[Sequence[Item], Future[DecodedBatch]] | None = None
+        for items in batches:
+            blobs = [body for _, body in items]
+            if not self.overlap:
+                yield self._verdicts(items, self._decode_safely(blobs))
+                continue
+            decoding = self._prefetch.submit(self._decode_safely, blobs)
+            if pending is not None:
+                yield self._verdicts(pending[0], pending[1].result())
+            pending = (items, decoding)
+        if pending is not None:
+            yield self._verdicts(pending[0], pending[1].result())
+
+    def close(self) -> None:
+        self._prefetch.shutdown(wait=True)
+
+    # -- internals --------------------------------------------------------------------------
+    def _decode_safely(self, blobs: list[bytes]) -> DecodedBatch:
+        try:
+            return self._decoder.decode(blobs)
+        except Exception:  # a decoder bug must not lose the batch: every image gets a reason
+            log.exception("decoder %s failed on a batch of %d", self.decoder, len(blobs))
+            return DecodedBatch(None, [], [None] * len(blobs), [DECODE_ERROR] * len(blobs))
+
+    def _verdicts(self, items: Sequence[Item], batch: DecodedBatch) -> list[Verdict]:
+        import torch
+
+        s = self.settings
+        model = self.name
+        verdicts: list[Verdict | None] = [None] * len(items)
+        if batch.pixels is not None and batch.rows:
+            logits, features = self.network.forward(batch.pixels)
+            probs = torch.softmax(logits, dim=1)
+            top = torch.topk(probs, self._ranked, dim=1)
+            top_scores, top_ids = top.values.cpu().tolist(), top.indices.cpu().tolist()
+            prob_rows = probs.cpu().numpy()
+            embeddings = features.to(torch.float16).cpu().numpy().astype("<f2") if s.embeddings else None
+            for j, row in enumerate(batch.rows):
+                decision = decide(prob_rows[j], s.policy, top_k=s.top_k, threshold=s.threshold, ranking=top_ids[j])
+                top5 = tuple(
+                    Prediction(self._labels[c], round(float(p), 6), int(c))
+                    for c, p in zip(top_ids[j][:5], top_scores[j][:5], strict=True)
+                )
+                size = batch.sizes[row]
+                verdicts[row] = Verdict(
+                    sha256=items[row][0],
+                    keep=decision.keep,
+                    reason=decision.reason,
+                    top5=top5,
+                    width=size[0] if size else None,
+                    height=size[1] if size else None,
+                    embedding=embeddings[j].tobytes() if embeddings is not None else None,
+                    model=model,
+                )
+        out: list[Verdict] = []
+        for i, v in enumerate(verdicts):
+            if v is None:
+                size = batch.sizes[i] if i < len(batch.sizes) else None
+                v = Verdict(
+                    sha256=items[i][0],
+                    keep=False,
+                    reason=batch.errors[i] if i < len(batch.errors) and batch.errors[i] else DECODE_ERROR,
+                    width=size[0] if size else None,
+                    height=size[1] if size else None,
+                    model=model,
+                )
+            out.append(v)
+        return out
+
+
+def _select_device(settings: ClassifySettings) -> Any:
+    import torch
+
+    if settings.device == "cpu":
+        return torch.device("cpu")
+    if settings.device in ("cuda", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        if settings.device == "auto":
+            return torch.device("cpu")
+        raise ModelUnavailableError(
+            "device = cuda, but torch sees no CUDA GPU (torch.cuda.is_available() is False; "
+            f"torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}). "
+            "Use --device cpu (or auto), or install a CUDA build of torch that matches the driver."
+        )
+    raise ConfigError(f"classify.device: {settings.device!r} is not one of auto, cpu, cuda")
+
+
+def _select_decoder(settings: ClassifySettings, network: Network, threads: int) -> Any:
+    from carcrawl.classify.dali import DaliDecoder, dali_works
+
+    on_gpu = network.device.type == "cuda"
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="carcrawl-pillow") if threads > 1 else None
+    pillow = PillowDecoder(network.geometry, settings.max_pixels, pool)
+    if settings.decoder == "pillow" or (settings.decoder == "auto" and not on_gpu):
+        return pillow
+    if settings.decoder not in ("auto", "dali"):
+        raise ConfigError(f"classify.decoder: {settings.decoder!r} is not one of auto, pillow, dali")
+    device_id = network.device.index if on_gpu else None
+    reason = dali_works(network.geometry, device_id)
+    if reason is not None:
+        if settings.decoder == "dali":
+            raise ConfigError(
+                f"classify.decoder = dali, but DALI does not work here ({reason}). Install "
+                "nvidia-dali-cuda130 (make install does where a wheel exists) or set decoder = \"pillow\"."
+            )
+        log.info("DALI unavailable (%s); decoding with %s", reason, pillow.name)
+        return pillow
+    return DaliDecoder(network.geometry, settings.max_pixels, max(1, settings.batch_size), threads, device_id, pillow)
+
+
+def load_classifier(settings: ClassifySettings) -> Classifier:
+    """Load the model and decoder ``settings`` ask for; ModelUnavailableError says what was tried."""
+    import torch
+
+    if settings.policy not in POLICIES:
+        raise ConfigError(f"classify.policy: {settings.policy!r} is not one of {', '.join(POLICIES)}")
+    if settings.batch_size < 1:
+        raise ConfigError(f"classify.batch_size must be >= 1, got {settings.batch_size}")
+    device = _select_device(settings)
+    threads = thread_count(settings)
+    if device.type == "cpu":
+        torch.set_num_threads(threads)
+    network = load_network(settings.model, settings.weights, device)
+    decoder = _select_decoder(settings, network, threads)
+    return Classifier(settings, network, decoder, threads)
