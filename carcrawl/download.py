@@ -81,8 +81,13 @@ def content_problem(body: bytes, fmt: str, max_pixels: int) -> str | None:
     size = image_size(body, fmt)
     if size is not None and size[0] * size[1] > max_pixels:
         return "too_many_pixels"
-    if fmt == "jpeg" and body.rfind(b"\xff\xd9") < body.rfind(b"\xff\xda"):
-        return "truncated_image"
+    if fmt == "jpeg":
+        # the end marker is near the end, so search back for it and then forward for a scan
+        # start after it: a tail search, not two scans of the whole body (rfind(FFDA) walks back
+        # to the first scan, near the start of a baseline JPEG: ~0.3 ms per 450 KB image)
+        end = body.rfind(b"\xff\xd9")
+        if body.find(b"\xff\xda", end + 1 if end >= 0 else 0) >= 0:
+            return "truncated_image"
     if fmt == "png" and b"IEND" not in body[-4096:]:
         return "truncated_image"
     return None
