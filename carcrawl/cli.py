@@ -271,6 +271,7 @@ def export(
     min_count: Annotated[int, typer.Option(help="Drop classes with fewer images.")] = 1,
     merge_map: Annotated[Path | None, typer.Option(help="JSON or CSV from,to label merges.")] = None,
     dedup: Annotated[bool, typer.Option("--dedup/--no-dedup", help="Find near-duplicates first.")] = True,
+    refined: Annotated[bool, typer.Option("--refined", help="Let the probe's scores (carcrawl refine) decide, not the classifier.")] = False,
 ) -> None:
     """Write the dataset: ImageFolder splits, Hugging Face imagefolder, WebDataset shards or Parquet."""
     from carcrawl.export import export as do_export
@@ -289,7 +290,7 @@ def export(
         summary = do_export(
             target, fmt, to or target / "export" / fmt, scheme=scheme,
             labels=labels.split(",") if labels else None, ratios=r, seed=seed, min_count=min_count,
-            merge_map=merge_map,
+            merge_map=merge_map, refined=refined,
         )
     except CarcrawlError as e:
         _fail(e)
