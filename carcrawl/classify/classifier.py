@@ -91,6 +91,17 @@ class Classifier:
         if pending is not None:
             yield self._verdicts(pending[0], pending[1].result())
 
+    def probabilities(self, blobs: Sequence[bytes]) -> tuple[DecodedBatch, Any]:
+        """Decode and run the network: the batch and its softmax rows (numpy, one per
+        ``batch.rows`` entry; None when nothing decoded). For policy evaluation and tests."""
+        import torch
+
+        batch = self._decode_safely(list(blobs))
+        if batch.pixels is None:
+            return batch, None
+        logits, _ = self.network.forward(batch.pixels)
+        return batch, torch.softmax(logits, dim=1).cpu().numpy()
+
     def close(self) -> None:
         self._prefetch.shutdown(wait=True)
 

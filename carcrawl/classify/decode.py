@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -27,6 +28,10 @@ if TYPE_CHECKING:
 
 DECODE_ERROR = "decode_error"
 TOO_MANY_PIXELS = "too_many_pixels"
+
+# Our own ``max_pixels`` cap is applied to every header before decoding; Pillow's warning for
+# images between its limit and twice it would only add noise to the crawl's log.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 # EXIF orientations that swap width and height (rotations by 90/270, transverse, transpose).
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
