@@ -177,6 +177,9 @@ class Sandbox:
         self.photo_set = await asyncio.to_thread(PhotoSet, self.photos_dir)
         if self.size_mix:
             await asyncio.to_thread(self.photo_set.prepare, ("t",), True)
+        if self.chaos:  # build the bombs now, so the first bomb URL is not slower than the rest
+            await asyncio.to_thread(bomb, "png_bomb")
+            await asyncio.to_thread(bomb, "gzip_bomb")
         try:
             host_addrs, host_ports = await self._start_hosts()
             engine_urls = await self._start_engines()
