@@ -117,6 +117,7 @@ class HostScheduler:
         self._idle = asyncio.Event()
         self._idle.set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.draining = False
 
     async def submit(self, task: DownloadTask) -> None:
         await self._room.acquire()
@@ -130,6 +131,8 @@ class HostScheduler:
         self._pump(host)
 
     def _pump(self, host: str) -> None:
+        if self.draining:
+            return
         q = self._waiting.get(host)
         while q:
             if self.active >= self.concurrency:
@@ -169,6 +172,22 @@ class HostScheduler:
                 self._pump(self._blocked_on_global.popleft())
             if self.held == 0:
                 self._idle.set()
+
+    def drain(self) -> None:
+        """Start nothing new; transfers running finish. Tasks still waiting are dropped: their
+        rows stay ``in_flight`` in the checkpoint, which a resume turns back into ``pending``."""
+        self.draining = True
+        dropped = sum(len(q) for q in self._waiting.values())
+        self._waiting.clear()
+        self._blocked_on_global.clear()
+        for h in self._timers.values():
+            h.cancel()
+        self._timers.clear()
+        self.held -= dropped
+        for _ in range(dropped):
+            self._room.release()
+        if self.held == 0:
+            self._idle.set()
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
@@ -210,6 +229,7 @@ class DownloadStage:
         self._committed = asyncio.Event()
         store.on_commit.append(self._committed.set)
         self.stopping = False
+        self.aborted = False
         self.fatal: BaseException | None = None
         self._recent_shas: dict[str, None] = {}
 
@@ -242,6 +262,15 @@ class DownloadStage:
         for h in self._retries:
             h.cancel()
         self._retries.clear()
+        self.scheduler.drain()
+
+    def abort(self) -> None:
+        """Stop at once (second Ctrl-C): cancel the transfers. What they would have recorded as
+        they die (connection closed under them) is not an outcome of the URL, so nothing is
+        recorded: their rows stay ``in_flight`` and a resume fetches them again."""
+        self.aborted = True
+        self.stop()
+        self.scheduler.cancel_all()
 
     async def _fetch_one(self, task: DownloadTask) -> None:
         attempts = task.attempts + 1
@@ -266,6 +295,8 @@ class DownloadStage:
             self._failed(task, Failure(task.candidate_id, task.url, f"internal_error:{type(e).__name__}"), attempts)
 
     def _failed(self, task: DownloadTask, failure: Failure, attempts: int) -> None:
+        if self.aborted:
+            return
         s = self.settings
         if not failure.terminal and attempts <= s.max_retries and not self.stopping:
             delay = backoff_delay(attempts - 1, s.backoff_base, s.backoff_max, failure.retry_after)

@@ -210,6 +210,9 @@ class Pipeline:
         async def downloading() -> None:
             try:
                 await download.run(search_done)
+            except asyncio.CancelledError:
+                download.abort()
+                raise
             finally:
                 await files.drain()
                 if queue is not None:
