@@ -99,12 +99,22 @@ class GuardedResolver(AbstractResolver):
 
 
 def _literal_ip(host: str) -> str | None:
-    h = host.strip("[]")
+    """The address a host that is an IP literal names, or ``None`` for a name. Also the legacy
+    IPv4 spellings C libraries accept (``2130706433``, ``0177.0.0.1``, ``0x7f.1``, ``127.1``), so
+    they are refused as ``blocked_address`` like the dotted form, not let through to a parser."""
+    h = host.strip("[]").rstrip(".")
     try:
         ipaddress.ip_address(h.split("%", 1)[0])
     except ValueError:
-        return None
-    return h
+        pass
+    else:
+        return h
+    if h[:1].isdigit() and all(c in "0123456789abcdefxABCDEFX." for c in h):
+        try:
+            return socket.inet_ntoa(socket.inet_aton(h))
+        except OSError:
+            return None
+    return None
 
 
 # ------------------------------------------------------------------------------------------------
