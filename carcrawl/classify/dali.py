@@ -188,16 +188,18 @@ class DaliDecoder:
                 pillow_rows += bad
                 futures += self.fallback.submit([blobs[i] for i in bad])
 
-        target = torch.device(self.device)
+        fallback_pixels: list[np.ndarray] = []
         for i, f in zip(pillow_rows, futures, strict=True):
             result = f if not hasattr(f, "result") else f.result()
             if result.pixels is None:
                 errors[i] = result.error
                 continue
             rows.append(i)
-            tensors.append(torch.from_numpy(result.pixels).unsqueeze(0).to(target))
+            fallback_pixels.append(result.pixels)
             if sizes[i] is None and result.width is not None and result.height is not None:
                 sizes[i] = (result.width, result.height)
+        if fallback_pixels:
+            tensors.append(torch.from_numpy(np.stack(fallback_pixels)).to(torch.device(self.device)))
         pixels = None
         if tensors:
             pixels = tensors[0] if len(tensors) == 1 else torch.cat(tensors)
