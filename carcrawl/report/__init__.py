@@ -184,7 +184,8 @@ def write_report(target: str | Path, to: str | Path | None = None, *, per_class:
     }
     rejected = [e for e in plan.entries if e.excluded and e.record.keep is False and not e.record.near_duplicate_of]
     rejected_sample = rng.sample(rejected, min(REJECTED_SAMPLE, len(rejected)))
-    shown = [e for es in sample.values() for e in es] + rejected_sample
+    marked_wrong = [e for e in plan.entries if e.excluded == "reviewer:wrong"][:REJECTED_SAMPLE]
+    shown = [e for es in sample.values() for e in es] + rejected_sample + marked_wrong
 
     def thumb(e: Entry) -> tuple[str, str | None]:
         dst = assets / "thumbs" / f"{e.record.sha256}.jpg"
@@ -246,6 +247,11 @@ def write_report(target: str | Path, to: str | Path | None = None, *, per_class:
                      f"{len(rejected)}; mark 'right' to put one back)</span></h3>")
         parts.append('<div class="gallery">' + "".join(_card(e, thumbs[e.record.sha256], original(e))
                                                        for e in rejected_sample) + "</div>")
+    if marked_wrong:
+        parts.append(f"<h3>Marked wrong by the reviewer <span class='muted'>({len(marked_wrong)} shown; "
+                     "click 'wrong' again to clear)</span></h3>")
+        parts.append('<div class="gallery">' + "".join(_card(e, thumbs[e.record.sha256], original(e))
+                                                       for e in marked_wrong) + "</div>")
     nonce = secrets.token_urlsafe(16)
     values = {"css": _static("report.css"), "js": _static("report.js"), "nonce": nonce, "report_id": report_id,
               "title": esc(f"carcrawl report: {plan.out_dir.name}"), "body": "\n".join(parts)}
