@@ -44,6 +44,8 @@ class ProgressDisplay:
             self.progress.stop()
 
     def event(self, kind: str, data: Any) -> None:
+        if not self.enabled and kind != "stopping":  # --quiet / --json: nothing on the terminal
+            return
         if kind == "classifier":
             console.print(f"[bold]classify[/]: {escape(str(data))}")
         elif kind == "recovered":
