@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,7 +260,3 @@ def find_near_duplicates(target: str | Path) -> DedupResult:
     log.info("%s", result)
     return result
 
-
-def hamming(a: Iterable[int], b: Iterable[int]) -> int:
-    """Differing bits of two hash sequences (for tests and debugging)."""
-    return sum(bin(x ^ y).count("1") for x, y in zip(a, b, strict=True))
