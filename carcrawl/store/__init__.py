@@ -473,13 +473,17 @@ def open_readonly(path: str | Path) -> sqlite3.Connection:
     return con
 
 
+# reasons that carry an argument are counted under their prefix (one line, not one per image)
+_REASON_KEY = "CASE WHEN reason LIKE 'near_duplicate_of:%' THEN 'near_duplicate' ELSE reason END"
+
+
 def status_counts(con: sqlite3.Connection) -> dict[str, Any]:
     """Counts by state and reason for every table, plus rates from the progress log."""
 
     def grouped(table: str) -> dict[str, int]:
         out: dict[str, int] = {}
         for state, reason, n in con.execute(
-            f"SELECT state, coalesce(reason, ''), count(*) FROM {table} GROUP BY 1, 2 ORDER BY 3 DESC"
+            f"SELECT state, coalesce({_REASON_KEY}, ''), count(*) FROM {table} GROUP BY 1, 2 ORDER BY 3 DESC"
         ):
             key = f"{state}:{reason}" if reason else state
             out[key] = n
@@ -491,7 +495,7 @@ def status_counts(con: sqlite3.Connection) -> dict[str, Any]:
     reasons: dict[str, int] = {}
     for table in ("candidates", "images"):
         for reason, n in con.execute(
-            f"SELECT reason, count(*) FROM {table} WHERE reason IS NOT NULL AND state != 'done' GROUP BY 1"
+            f"SELECT {_REASON_KEY}, count(*) FROM {table} WHERE reason IS NOT NULL AND state != 'done' GROUP BY 1"
         ):
             reasons[reason] = reasons.get(reason, 0) + n
     out: dict[str, Any] = {
