@@ -184,6 +184,43 @@ def _efficientnet_lite0(weights: Path | None) -> tuple[Any, Any, str]:
     return Body(net), net._fc, source
 
 
+def _fuse_conv_bn(conv: Any, bn: Any) -> Any:
+    """Fold an eval-mode BatchNorm into the conv before it; a symmetric TF "same" padding moves
+    into the conv itself (one op instead of pad + conv + batch norm)."""
+    import torch
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    fused = fuse_conv_bn_eval(conv, bn)
+    pad = getattr(fused, "static_padding", None)
+    if isinstance(pad, torch.nn.ZeroPad2d):
+        left, right, top, bottom = pad.padding
+        if left == right and top == bottom:
+            fused.padding = (top, left)
+            fused.static_padding = torch.nn.Identity()
+    return fused
+
+
+def fold_batchnorm(model: str, body: Any) -> Any:
+    """Inference-only rewrite: BatchNorm folded into convolutions (about a fifth of the CPU time
+    of EfficientNet-Lite0 went to separate batch-norm passes)."""
+    import torch
+
+    if model == "resnet50":
+        from torch.fx.experimental.optimization import fuse
+
+        return fuse(body)
+    net = body.net
+    identity = torch.nn.Identity
+    net._conv_stem, net._bn0 = _fuse_conv_bn(net._conv_stem, net._bn0), identity()
+    for block in net._blocks:
+        if hasattr(block, "_expand_conv"):
+            block._expand_conv, block._bn0 = _fuse_conv_bn(block._expand_conv, block._bn0), identity()
+        block._depthwise_conv, block._bn1 = _fuse_conv_bn(block._depthwise_conv, block._bn1), identity()
+        block._project_conv, block._bn2 = _fuse_conv_bn(block._project_conv, block._bn2), identity()
+    net._conv_head, net._bn1 = _fuse_conv_bn(net._conv_head, net._bn1), identity()
+    return body
+
+
 def load_network(model: str, weights: str | None, device: torch.device) -> Network:
     """Load ``model`` (auto | efficientnet_lite0 | resnet50) onto ``device`` in eval mode."""
     import torch
@@ -199,7 +236,7 @@ def load_network(model: str, weights: str | None, device: torch.device) -> Netwo
         geometry, mean, std, dim = Geometry(224, 256), TF_LITE_MEAN, TF_LITE_STD, 1280
     else:
         raise ModelUnavailableError(f"unknown model {model!r}; choose auto, {', '.join(MODELS)}")
-    body = body.eval().to(device, memory_format=torch.channels_last)
+    body = fold_batchnorm(model, body.eval()).to(device, memory_format=torch.channels_last)
     head = head.eval().to(device)
     for p in list(body.parameters()) + list(head.parameters()):
         p.requires_grad_(False)
