@@ -129,7 +129,11 @@ class Pipeline:
             with contextlib.suppress(Exception):
                 store.record_progress(run_id, *self._progress_numbers())
                 await store.finish_run(run_id, state, reason)
-            await store.close()
+            try:
+                await store.close()
+            except CarcrawlError:
+                if state != "failed":  # the last commit failed: say so (unless an error is already on its way)
+                    raise
         status = await asyncio.to_thread(_read_status, s.checkpoint_path)
         return RunResult(state, run_id, self.stats.snapshot()["elapsed_s"], self.stats.snapshot(), status, self.classifier_name)  # type: ignore[arg-type]
 

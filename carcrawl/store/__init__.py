@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
-from carcrawl.errors import CheckpointError
+from carcrawl.errors import CheckpointError, DiskFullError
 from carcrawl.models import Candidate, Labels, Query, Verdict
 
 SCHEMA_VERSION = 1
@@ -66,6 +67,34 @@ CREATE TABLE IF NOT EXISTS progress(
   ts REAL NOT NULL, run_id INTEGER, searched INTEGER, fetched INTEGER, failed INTEGER,
   classified INTEGER, bytes INTEGER);
 """
+
+T = TypeVar("T")
+SQLITE_FULL = 13  # sqlite3 result code: "database or disk is full"
+
+
+
+def _disk_full(e: sqlite3.OperationalError, path: Path) -> Exception:
+    """``e`` as a :class:`DiskFullError` when SQLite says the disk is full, else ``e`` itself."""
+    if getattr(e, "sqlite_errorcode", None) == SQLITE_FULL or "disk is full" in str(e):
+        return DiskFullError(
+            f"{path}: no space left on the device for the checkpoint; everything committed so far is kept. "
+            "Free some space and run the same command again to resume."
+        )
+    return e
+
+
+def _full_is_clear(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Decorator for Store methods that write: a full disk becomes one clear DiskFullError."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Store, *args: Any, **kwargs: Any) -> T:
+        try:
+            return await method(self, *args, **kwargs)
+        except sqlite3.OperationalError as e:
+            raise _disk_full(e, self.path) from None
+
+    return wrapper
+
 
 TERMINAL_STATES = ("done", "failed", "rejected")
 
@@ -133,20 +162,28 @@ class Store:
         db = await aiosqlite.connect(path, isolation_level=None)
         try:
             await _check_and_init(db, existed, path)
+        except sqlite3.OperationalError as e:
+            await db.close()
+            raise _disk_full(e, path) from None
         except BaseException:
             await db.close()
             raise
         return cls(db, path, commit_rows, commit_interval)
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-            self._flusher = None
-        await self.flush()
-        await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        await self._db.close()
+        """Commit what is buffered and close. The connection is closed even when that last commit
+        fails (a full disk), so its worker thread never keeps the process alive."""
+        try:
+            if self._flusher is not None:
+                self._flusher.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._flusher
+                self._flusher = None
+            await self.flush()
+            with contextlib.suppress(sqlite3.Error):
+                await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            await self._db.close()
 
     def start_flusher(self) -> None:
         """Commit buffered writes every ``commit_interval`` seconds (or sooner when full)."""
@@ -178,20 +215,25 @@ class Store:
             n, self._pending_rows = self._pending_rows, 0
             if not ops:
                 return 0
-            await self._db.execute("BEGIN IMMEDIATE")
             try:
-                for sql, rows in ops:
-                    await self._db.executemany(sql, rows)
-                await self._db.execute("COMMIT")
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
+                await self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    for sql, rows in ops:
+                        await self._db.executemany(sql, rows)
+                    await self._db.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
+                        await self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as e:
+                raise _disk_full(e, self.path) from None
         for callback in self.on_commit:
             callback()
         return n
 
     # -- runs and meta -------------------------------------------------------------------------
 
+    @_full_is_clear
     async def start_run(self, command: str, settings_json: str) -> int:
         cur = await self._db.execute(
             "INSERT INTO runs(command, settings, started_at) VALUES (?,?,?)",
@@ -199,6 +241,7 @@ class Store:
         )
         return int(cur.lastrowid or 0)
 
+    @_full_is_clear
     async def finish_run(self, run_id: int, state: str, reason: str | None = None) -> None:
         await self.flush()
         await self._db.execute(
@@ -210,10 +253,12 @@ class Store:
             row = await cur.fetchone()
         return row[0] if row else None
 
+    @_full_is_clear
     async def set_meta(self, key: str, value: str) -> None:
         await self.flush()
         await self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?,?)", (key, value))
 
+    @_full_is_clear
     async def recover(self) -> dict[str, int]:
         """Turn rows a killed run left ``in_flight`` back into ``pending``."""
         out = {}
@@ -241,6 +286,7 @@ class Store:
             added += await self._add_query_chunk(chunk, sources, target_per_source)
         return added
 
+    @_full_is_clear
     async def _add_query_chunk(self, chunk: list[Query], sources: list[str], target: int) -> int:
         await self.flush()
         await self._db.execute("BEGIN IMMEDIATE")
