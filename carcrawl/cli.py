@@ -189,6 +189,7 @@ def fetch(
 
         if categories is not None:
             cats = urllists.read_categories(categories)
+            urllists.check_url_table(urls)
 
             def rows() -> Any:
                 return urllists.select_from_url_table(cats, urls)

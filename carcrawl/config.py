@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import tomllib
 import types
 import typing
@@ -243,6 +244,14 @@ def _check_ranges(obj: Any, where: str) -> None:
             raise ConfigError(f"{full}: must be greater than 0 requests/s, got {value!r}")
         if f.name in ("threshold", "fault_rate") and not 0 <= value <= 1:
             raise ConfigError(f"{full}: must be between 0 and 1, got {value!r}")
+        if f.name == "allow_networks":
+            for i, net in enumerate(value):
+                try:
+                    ipaddress.ip_network(net, strict=False)
+                except ValueError:
+                    raise ConfigError(f"{full}[{i}]: not a network like '10.0.0.0/8': {net!r}") from None
+        if f.name in ("user_agent", "contact") and any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ConfigError(f"{full}: must not contain control characters (it is sent as an HTTP header)")
 
 
 def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
@@ -260,6 +269,7 @@ def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | No
             settings = _build(Settings, data, "", settings)
         except ConfigError as e:
             raise ConfigError(f"{p}: {e}") from None
+        _check_sources(settings, f"{p}: ")  # before overrides, which may replace a bad value
     if overrides:
         nested: dict[str, Any] = {}
         for dotted, value in overrides.items():
@@ -274,10 +284,13 @@ def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | No
             settings = _build(Settings, nested, "", settings)
         except ConfigError as e:
             raise ConfigError(f"command line: {e}") from None
+    _check_sources(settings, "command line: " if path is None else f"{path}: ")
+    return settings
+
+
+def _check_sources(settings: Settings, where: str) -> None:
     unknown = [s for s in settings.crawl.sources if s not in settings.engines and s != "urls"]
     if unknown:
-        where = f"{path}: " if path is not None else ""
         raise ConfigError(
             f"{where}crawl.sources: unknown source {unknown[0]!r}; allowed: {', '.join(sorted(settings.engines))}"
         )
-    return settings

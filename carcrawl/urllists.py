@@ -448,6 +448,21 @@ def read_categories(path: str | Path) -> list[Category]:
     return out
 
 
+def check_url_table(url_table_path: str | Path) -> None:
+    """Raise :class:`InputFileError` now if the URL table cannot be read or its header is wrong,
+    so ``fetch --categories`` fails before the checkpoint is touched, not halfway through loading."""
+    path = Path(url_table_path)
+    for number, text in _text_lines(path, errors="replace"):
+        if not text.strip() or text.lstrip().startswith("#"):
+            continue
+        delimiter = "\t" if "\t" in text else ","
+        cells = [c.strip().lower() for c in next(csv.reader([text], delimiter=delimiter))]
+        has_code = "code" in cells or "wnid" in cells
+        if ("url" in cells) != has_code:
+            raise InputFileError(f"{path}:{number}: header needs both 'code' (or 'wnid') and 'url' columns")
+        return
+
+
 def select_from_url_table(categories: Iterable[Category], url_table_path: str | Path) -> Iterator[UrlRow]:
     """URLs for the categories marked ``to_download``, at most ``how_many`` each, streamed from a
     URL table, labelled ``category=<name>``.
