@@ -29,6 +29,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,20 @@ from benchmarks._common import RESULTS, write_result  # noqa: E402
 DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
 
 
-def load_photos(images: Path) -> list[bytes]:
+def load_photos(images: Path) -> tuple[list[bytes], list[str]]:
+    """The photos this PIL build can open (a Pillow-SIMD built without libwebp cannot open WebP),
+    and the names of those it cannot."""
+    from PIL import Image
+
     files = sorted(p for p in images.glob("*/*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp", ".gif"})
-    return [p.read_bytes() for p in files]
+    ok, skipped = [], []
+    for p in files:
+        try:
+            with Image.open(p):
+                ok.append(p.read_bytes())
+        except Exception:
+            skipped.append(p.name)
+    return ok, skipped
 
 
 def naive_transform() -> Callable[[bytes], Any]:
@@ -68,14 +80,17 @@ def main() -> None:
     import torch
 
     from carcrawl.classify import ClassifySettings, load_classifier
-    from carcrawl.classify.dali import dali_import_error
+    from carcrawl.classify.dali import DaliDecoder, dali_import_error
+    from carcrawl.classify.decode import PillowDecoder
 
     pil = ("pillow-simd " if ".post" in PIL.__version__ else "pillow ") + PIL.__version__
-    photos = load_photos(args.images)
+    photos, skipped = load_photos(args.images)
     n = len(photos)
     base = {"model": "efficientnet_lite0", "device": "cpu", "batch_size": args.batch, "embeddings": True}
     pillow = load_classifier(ClassifySettings(decoder="pillow", **base))  # type: ignore[arg-type]
     threads = pillow.threads
+    pool = ThreadPoolExecutor(threads)
+    pillow_decoder = PillowDecoder(pillow.network.geometry, 50_000_000, pool)  # decode only: every core
     dali = load_classifier(ClassifySettings(decoder="dali", **base)) if dali_import_error() is None else None  # type: ignore[arg-type]
     naive = naive_transform()
     net = pillow.network
@@ -86,14 +101,19 @@ def main() -> None:
         for b in photos:
             naive(b)
 
-    def decode_with(clf: Any) -> Callable[[], None]:
-        return lambda: [clf._decoder.decode([b for _, b in batch]) for batch in batches]
+    def decode_with(decoder: Any) -> Callable[[], None]:
+        return lambda: [decoder.decode([b for _, b in batch]) for batch in batches]
 
     def classify_naive() -> None:
-        with torch.inference_mode():
-            for b in photos:
-                x = naive(b).unsqueeze(0)
-                net.head(net.body(x))
+        ours = torch.get_num_threads()
+        torch.set_num_threads(threads)  # torch's default: every core
+        try:
+            with torch.inference_mode():
+                for b in photos:
+                    x = naive(b).unsqueeze(0)
+                    net.head(net.body(x))
+        finally:
+            torch.set_num_threads(ours)
 
     def classify_with(clf: Any, overlap: bool) -> Callable[[], None]:
         def run() -> None:
@@ -105,10 +125,11 @@ def main() -> None:
 
     modes: dict[str, Callable[[], None]] = {
         "decode naive (PIL + torchvision transforms, per image)": decode_naive,
-        f"decode carcrawl {pillow.decoder} (draft, {threads} threads)": decode_with(pillow),
+        f"decode carcrawl {pillow.decoder} (draft, {threads} threads)": decode_with(pillow_decoder),
     }
     if dali is not None:
-        modes[f"decode carcrawl dali-cpu ({threads} threads)"] = decode_with(dali)
+        dali_decoder = DaliDecoder(pillow.network.geometry, 50_000_000, args.batch, threads, None, pillow_decoder)
+        modes[f"decode carcrawl dali-cpu ({threads} threads)"] = decode_with(dali_decoder)
     if not args.skip_inference:
         modes["classify naive (per-image decode + model call)"] = classify_naive
         modes[f"classify carcrawl {pillow.decoder}, overlap"] = classify_with(pillow, True)
@@ -133,7 +154,9 @@ def main() -> None:
     naive_decode = med["decode naive (PIL + torchvision transforms, per image)"]
     naive_classify = med.get("classify naive (per-image decode + model call)")
     table = []
-    print(f"\n{n} photos, batch {args.batch}, {pil}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+    if skipped:
+        print(f"skipped {len(skipped)} photos this PIL cannot open: {', '.join(skipped)}")
+    print(f"\n{n} photos, batch {args.batch}, {pil}, torch {torch.__version__}; {pillow.describe()}, "
           f"load average {load_before:.1f} -> {load_after:.1f}")
     print(f"{'mode':<62} {'images/s':>9} {'x naive':>8}")
     for m, v in med.items():
@@ -147,7 +170,7 @@ def main() -> None:
     path = RESULTS / "classify_cpu.json"
     if path.exists():
         previous = json.loads(path.read_text()).get("runs", {})
-    previous[pil] = {"photos": n, "batch": args.batch, "threads": threads, "rounds": args.rounds,
+    previous[pil] = {"photos": n, "skipped_unreadable_by_this_pil": skipped, "classifier": pillow.describe(), "batch": args.batch, "threads": threads, "rounds": args.rounds,
                      "load_average": [round(load_before, 2), round(load_after, 2)], "table": table}
     out = write_result("classify_cpu", {"command": "benchmarks/classify_cpu.py " + " ".join(sys.argv[1:]), "runs": previous})
     print(f"wrote {out}")

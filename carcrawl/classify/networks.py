@@ -52,6 +52,7 @@ class Network:
     std: Any
     device: Any  # torch.device
     autocast: Any = None  # torch.dtype for CUDA autocast, None on the CPU
+    micro_batch: int = 0  # images per network call (0 = the whole batch)
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 N x H x W x 3 (CPU or device) -> (float32 logits N x 1000, float32 features)."""
@@ -60,13 +61,14 @@ class Network:
         x = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # a channels-last view
         x = (x.float() - self.mean) / self.std
         x = x.contiguous(memory_format=torch.channels_last)
+        step = self.micro_batch or len(x) or 1
         with torch.inference_mode():
             if self.autocast is not None:
                 with torch.autocast(device_type=self.device.type, dtype=self.autocast):
-                    features = self.body(x)
+                    features = torch.cat([self.body(x[i : i + step]) for i in range(0, len(x), step)])
                     logits = self.head(features)
             else:
-                features = self.body(x)
+                features = torch.cat([self.body(x[i : i + step]) for i in range(0, len(x), step)])
                 logits = self.head(features)
         return logits.float(), features.float()
 
