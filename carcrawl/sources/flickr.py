@@ -116,7 +116,11 @@ class FlickrSource:
             code = str(data.get("code", "?"))
             if code in _THROTTLE_CODES:
                 return SearchPage(problem="blocked")
-            message = clean_text(data.get("message"), limit=80) or ""
+            message = clean_text(data.get("message"), limit=200) or ""
+            key = os.environ.get(self.api_key_env, "").strip()
+            if key:  # "Invalid API Key (<key>)": the reason is stored and shown, the key must not be
+                message = message.replace(key, "***")
+            message = message[:80]
             return SearchPage(problem=f"unknown_shape:flickr error {code} {message}".rstrip())
         photos = data.get("photos")
         if not isinstance(photos, dict) or not isinstance(photos.get("photo"), list):
