@@ -29,6 +29,11 @@ from carcrawl.store import DownloadTask, Store
 
 log = logging.getLogger(__name__)
 
+#: duplicates remembered in memory (~150 B each) so the classifier skips them; older ones are
+#: caught by the verdict lookup in the checkpoint. Bounded low so memory stays flat: 100 000 made
+#: peak RSS of a 100k-URL crawl ~15 MB higher than a 10k one.
+RECENT_SHAS = 10_000
+
 #: reasons that say the content is unwanted (state ``rejected``), not that the transfer failed
 _REJECT_PREFIXES = ("not_image", "robots", "noai", "too_", "unsupported", "empty", "truncated_image")
 _JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
@@ -335,7 +340,7 @@ class DownloadStage:
             self.stats.inc("duplicates")
             return
         self._recent_shas[fetched.sha256] = None
-        if len(self._recent_shas) > 100_000:
+        if len(self._recent_shas) > RECENT_SHAS:
             self._recent_shas.pop(next(iter(self._recent_shas)))
         if self.classify_queue is not None:
             await self.classify_queue.put(ClassifyItem(fetched.sha256, fetched.body))
