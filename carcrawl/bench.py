@@ -153,12 +153,14 @@ def suggest(rows: list[Row], part: str) -> Row | None:
     return next(r for r in mine if r.images_per_s >= 0.95 * best)
 
 
-def run_bench(quick: bool = False, device: str | None = None) -> list[Row]:
-    """Run both benchmarks, print the table and the suggested settings; returns the rows."""
+def run_bench(quick: bool = False, device: str | None = None,
+              plan: tuple[int, tuple[int, ...], tuple[int, ...], int] | None = None) -> list[Row]:
+    """Run both benchmarks, print the table and the suggested settings; returns the rows.
+    ``plan`` overrides (URLs, concurrencies, batch sizes, images to classify)."""
     from rich.console import Console
     from rich.table import Table
 
-    n, concurrencies, batch_sizes, count = QUICK if quick else FULL
+    n, concurrencies, batch_sizes, count = plan or (QUICK if quick else FULL)
     console = Console()
     console.print(f"download: {n} sandbox URLs (size mix ~20 KB..2 MB, 64 loopback hosts, 20-80 ms) "
                   f"at concurrency {', '.join(map(str, concurrencies))} ...")
@@ -184,9 +186,9 @@ def run_bench(quick: bool = False, device: str | None = None) -> list[Row]:
         lines.append(f"[classify]\nbatch_size = {c.setting.split()[-1]}    # {c.images_per_s:,.1f} images/s here")
     elif desc:
         lines.append(f"# classify: {desc}")
-    console.print("suggested for config.toml:\n" + "\n".join(lines))
+    console.print("suggested for config.toml:\n" + "\n".join(lines), markup=False, soft_wrap=True)
     with contextlib.suppress(Exception):
         if d is not None and c is not None and c.images_per_s < d.images_per_s:
             console.print(f"the classifier ({c.images_per_s:,.0f}/s) is the bottleneck: downloads will wait on it "
-                          "(the queue between them is bounded), so a higher concurrency buys nothing")
+                          "(the queue between them is bounded), so a higher concurrency buys nothing", soft_wrap=True)
     return rows
