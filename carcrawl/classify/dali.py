@@ -14,8 +14,9 @@ palette) go to the Pillow decoder, and a batch that still fails is split in halv
 bad samples remain; those get Pillow's verdict too (normally ``decode_error``).
 
 On this project's 2-core CPU machine the Pillow decoder (JPEG downscale-on-decode via ``draft``)
-is faster than DALI's CPU pipeline (see benchmarks/RESULTS.md, "Classify: CPU throughput"), so
-``decoder="auto"`` uses DALI only on the GPU.
+decodes faster than or as fast as DALI's CPU pipeline (benchmarks/RESULTS.md, "Classify: CPU
+throughput"), so ``decoder="auto"`` uses DALI only on the GPU. The GPU branch (``device_id`` set)
+has not run yet: no GPU was available where it was written; its CPU twin is tested.
 """
 
 from __future__ import annotations
