@@ -70,6 +70,7 @@ class ClassifyStage:
         queue: asyncio.Queue[ClassifyItem | None],
         loader: Callable[[ClassifyConfig], Any] = load_classifier,
         on_ready: Callable[[str], None] | None = None,
+        depth: int = 0,
     ):
         self.store = store
         self.files = files
@@ -79,6 +80,11 @@ class ClassifyStage:
         self._loader = loader
         self._on_ready = on_ready
         self._classifier_task: asyncio.Task[Any] | None = None
+        self._depth = depth
+        self._slots: asyncio.Semaphore | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._busy: set[str] = set()  # shas in a batch in flight: never classified twice at once
+        self._error: BaseException | None = None
 
     def start_loading(self) -> None:
         """Load the model in a thread now, so it is ready when the first bytes arrive."""
@@ -118,7 +124,38 @@ class ClassifyStage:
                     closed = True
                     break
                 batch.append(nxt)
-            await self._classify([(i.sha256, i.body) for i in batch])
+            await self._submit([(i.sha256, i.body) for i in batch])
+        await self._drain()
+
+    async def _submit(self, items: list[tuple[str, bytes]]) -> None:
+        """Classify a batch, with up to ``depth`` batches in flight: on the GPU the next batch
+        decodes (the classifier's decode thread) while this one runs the network. On the CPU
+        the depth is 1: the classifier already pipelines decode and inference inside a batch,
+        and a second batch would only fight it for the same cores."""
+        if self._slots is None:
+            clf = await self.classifier()
+            depth = self._depth or (2 if getattr(clf, "device", "cpu") == "cuda" else 1)
+            self._slots = asyncio.Semaphore(depth)
+        await self._slots.acquire()
+        task = asyncio.create_task(self._classify(items))
+        self._inflight.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._inflight.discard(t)
+            assert self._slots is not None
+            self._slots.release()
+            if not t.cancelled() and t.exception() is not None and self._error is None:
+                self._error = t.exception()
+
+        task.add_done_callback(done)
+        if self._error is not None:
+            await self._drain()
+
+    async def _drain(self) -> None:
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+        if self._error is not None:
+            raise self._error
 
     async def _backlog(self) -> None:
         after = ""
@@ -142,13 +179,17 @@ class ClassifyStage:
         seen: set[str] = set()
         todo = []
         for sha, body in items:
-            if sha not in known and sha not in seen:
+            if sha not in known and sha not in seen and sha not in self._busy:
                 seen.add(sha)
                 todo.append((sha, body))
         if not todo:
             return
         clf = await self.classifier()
-        verdicts = await asyncio.to_thread(clf.classify, todo)
+        self._busy |= seen
+        try:
+            verdicts = await asyncio.to_thread(clf.classify, todo)
+        finally:
+            self._busy -= seen
         self.store.record_verdicts(verdicts)
         kept = sum(1 for v in verdicts if v.keep)
         self.stats.inc("classified", len(verdicts))
