@@ -127,7 +127,7 @@ for ax, key, title in zip(axes, ["images_per_s", "peak_rss_mb", "checkpoint_mb",
     ax.tick_params(labelsize=7); ax.set_ylim(bottom=0)
 fig.suptitle("carcrawl fetch, scaling curve (2-core box, sandbox on loopback)", fontsize=9)
 fig.tight_layout()
-fig.savefig({str(path)!r}, optimize=True)
+fig.savefig({str(path)!r})
 """
     r = subprocess.run([str(TOOLS_PY), "-c", script], capture_output=True, text=True)
     if r.returncode != 0:

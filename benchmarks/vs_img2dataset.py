@@ -89,8 +89,9 @@ def i2d_successes(out: Path) -> int | None:
     return total
 
 
-def run_one(tool: str, urls: Path, n: int, sandbox: Any, knobs: CrawlKnobs, threads: int) -> dict[str, Any]:
-    out = WORK / "vs" / f"out-{tool}"
+def run_one(tool: str, urls: Path, n: int, sandbox: Any, knobs: CrawlKnobs, threads: int,
+            out_root: Path = WORK / "vs") -> dict[str, Any]:
+    out = out_root / f"out-{tool}"
     remove(out)
     cfg = carcrawl_config(WORK / "vs" / "carcrawl.toml", knobs)
     if tool == "carcrawl":
@@ -158,6 +159,8 @@ def main() -> None:
     p.add_argument("--tune", action="store_true", help="only try img2dataset thread counts and carcrawl concurrencies")
     p.add_argument("--no-ceiling", action="store_true")
     p.add_argument("--name", default="vs_img2dataset", help="results/<name>.json")
+    p.add_argument("--out-root", type=Path, default=WORK / "vs",
+                   help="where the three write their files (e.g. /dev/shm to take the disk out of it)")
     a = p.parse_args()
 
     why_not = i2d_available()
@@ -175,7 +178,7 @@ def main() -> None:
         runs: list[dict[str, Any]] = []
         for r in range(a.rounds):
             for t in tools:
-                res = run_one(t, urls, n, sandbox, knobs, a.i2d_threads)
+                res = run_one(t, urls, n, sandbox, knobs, a.i2d_threads, a.out_root)
                 res["round"] = r
                 runs.append(res)
                 print(f"round {r} {t:<11} {res['ok']:>6} ok  {res['images_per_s']:8.1f} img/s  "
@@ -190,7 +193,8 @@ def main() -> None:
     print()
     print(f"{n} URLs, {a.hosts} hosts, latency {a.latency_ms[0]:.0f}-{a.latency_ms[1]:.0f} ms, "
           f"carcrawl concurrency {a.concurrency}, per host {a.per_host_concurrency} / {a.per_host_interval}s; "
-          f"img2dataset {os.cpu_count()} processes x {a.i2d_threads} threads; medians of {a.rounds} rounds")
+          f"img2dataset {os.cpu_count()} processes x {a.i2d_threads} threads; files under {a.out_root}; "
+          f"medians of {a.rounds} rounds")
     print(fmt_table(
         ["tool", "images/s (min-max)", "MB/s", "CPU-s / 1000 img", "peak RSS MB", "ok", "server CPU-s"],
         [[s["tool"], f"{s['images_per_s']:.0f} ({s['images_per_s_min']:.0f}-{s['images_per_s_max']:.0f})",
@@ -199,6 +203,7 @@ def main() -> None:
     write_result(a.name, {
         "command": " ".join(["python", "benchmarks/vs_img2dataset.py", *sys.argv[1:]]),
         "urls": n, "hosts": a.hosts, "latency_ms": list(a.latency_ms), "carcrawl": knobs.as_dict(),
+        "out_root": "benchmarks/_work/vs" if a.out_root == WORK / "vs" else str(a.out_root),
         "i2d_threads": a.i2d_threads, "i2d_processes": os.cpu_count(), "img2dataset": why_not or "ran",
         "runs": runs, "summary": summary, "server_cpu_total_s": server_total,
         "ratio_per_round": ratios, "ceiling_share_per_round": ceiling,
