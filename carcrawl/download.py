@@ -325,10 +325,11 @@ class DownloadStage:
         self.store.record_failure(task.candidate_id, failure.reason, attempts, state)
 
     async def _stored(self, fetched: Fetched, attempts: int) -> None:
-        image = await self.files.write(fetched.sha256, fetched.format, fetched.body)
+        image = await self.files.write(None, fetched.format, fetched.body)
+        sha = image.sha256
         self.store.record_fetched(
             fetched.candidate_id,
-            sha256=fetched.sha256,
+            sha256=sha,
             final_url=fetched.final_url,
             attempts=attempts,
             image=image,
@@ -336,14 +337,14 @@ class DownloadStage:
         )
         self.stats.inc("fetched")
         self.stats.inc("bytes", len(fetched.body))
-        if fetched.sha256 in self._recent_shas:
+        if sha in self._recent_shas:
             self.stats.inc("duplicates")
             return
-        self._recent_shas[fetched.sha256] = None
+        self._recent_shas[sha] = None
         if len(self._recent_shas) > RECENT_SHAS:
             self._recent_shas.pop(next(iter(self._recent_shas)))
         if self.classify_queue is not None:
-            await self.classify_queue.put(ClassifyItem(fetched.sha256, fetched.body))
+            await self.classify_queue.put(ClassifyItem(sha, fetched.body))
         else:
-            self.store.mark_images_unclassified((fetched.sha256,))
+            self.store.mark_images_unclassified((sha,))
 

@@ -77,13 +77,13 @@ class SearchPage:
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
-    """A downloaded body that passed the cheap checks (size cap, magic number)."""
+    """A downloaded body that passed the cheap checks (size cap, magic number). Its sha256 is
+    computed by the file store, in the thread that writes it, not on the event loop."""
 
     candidate_id: int
     url: str
     final_url: str
     body: bytes
-    sha256: str
     format: str  # from the magic number: jpeg, png, gif, webp, bmp, tiff, avif, heic
     content_type: str | None = None
 

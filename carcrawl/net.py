@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-import hashlib
 import ipaddress
 import math
 import random
@@ -455,7 +454,6 @@ class HttpClient:
             url=url,
             final_url=current,
             body=body,
-            sha256=hashlib.sha256(body).hexdigest(),
             format=fmt,
             content_type=resp.headers.get("Content-Type"),
         )
