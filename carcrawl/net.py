@@ -519,6 +519,8 @@ async def _read_capped(resp: aiohttp.ClientResponse, max_bytes: int, encoding: s
         inflater = zlib.decompressobj(wbits=47 if encoding != "deflate" else 15)
     elif encoding not in ("", "identity"):
         raise _Abort(f"unsupported_encoding:{encoding[:20]}")
+    if inflater is None:
+        return await _read_plain(resp, max_bytes, sniff=sniff)
     buf = bytearray()
     sniffed = False
     while True:
@@ -542,6 +544,29 @@ async def _read_capped(resp: aiohttp.ClientResponse, max_bytes: int, encoding: s
             if sniff and sniff_image(head) is None:
                 raise _Abort(f"not_image:{describe_non_image(head)}")
     return bytes(buf)
+
+
+async def _read_plain(resp: aiohttp.ClientResponse, max_bytes: int, *, sniff: bool) -> bytes:
+    """The common case (no content encoding): chunks kept as they arrive and joined once, the
+    magic number checked on the first ones. The hot path of every download."""
+    chunks: list[bytes] = []
+    size = 0
+    sniffed = not sniff
+    content = resp.content
+    while True:
+        chunk = await content.readany()
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > max_bytes:
+            raise _Abort("too_large")
+        if not sniffed and size >= SNIFF_BYTES:
+            sniffed = True
+            head = chunk[:SNIFF_BYTES] if len(chunks) == 1 else b"".join(chunks)[:SNIFF_BYTES]
+            if sniff_image(head) is None:
+                raise _Abort(f"not_image:{describe_non_image(head)}")
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def classify_exception(e: BaseException) -> tuple[str, bool]:
