@@ -55,8 +55,9 @@ async def test_per_host_limits_hold_in_the_servers_own_log(tmp_path: Path) -> No
         for host in sb.host_addresses:
             assert log.requests(host), f"no request reached {host}"
             assert log.max_concurrency(host) <= 2, host
-            # the server timestamps arrivals; allow 10 ms of loopback scheduling jitter
-            assert log.min_interval(host) >= 0.05 - 0.01, host
+            # the server timestamps arrivals at its handler, which a busy 2-core box can delay
+            # for one request and not the next; without pacing the gaps would be ~0 ms
+            assert log.min_interval(host) >= 0.05 * 0.6, host
         assert result.status["candidates"]["by_state"] == {"done": 240}
 
 

@@ -59,8 +59,8 @@ concurrency = 32
 per_host_concurrency = 4
 per_host_interval = 0.0
 connect_timeout = 2.0
-read_timeout = 2.0
-total_timeout = 5.0
+read_timeout = 4.0
+total_timeout = 8.0
 max_retries = 1
 backoff_base = 0.05
 backoff_max = 0.3
@@ -120,7 +120,7 @@ def test_every_fault_has_an_expected_reason() -> None:
 def test_chaos_run_of_5000_urls(tmp_path: Path) -> None:
     with sandbox_in_thread(
         photos=IMAGES, hosts=16, latency_ms=(0, 2), chaos=True, fault_rate=0.3, seed=6,
-        fault_delay_s=3.0, trickle_bps=200.0, flaky_tries=2,
+        fault_delay_s=6.0, trickle_bps=200.0, flaky_tries=2,
     ) as sb:
         urls = list(sb.image_urls(5000))
         faults = Counter(sb.truth(u).fault for u in urls)
