@@ -122,5 +122,5 @@ def _export_all(out: Path, *, quiet: bool) -> None:
     report = write_report(out)
     if not quiet:
         console.print(f"exported: {folder}")
-        console.print(f"manifest: {manifest}")
+        console.print(f"manifest: {manifest.path} (same images, every column)")
         console.print(f"report:   {report}")
