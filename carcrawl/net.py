@@ -514,34 +514,26 @@ async def _read_capped(resp: aiohttp.ClientResponse, max_bytes: int, encoding: s
     """Read a body, decompressing gzip/deflate with a bounded inflater, stopping at ``max_bytes``.
     With ``sniff``, the first SNIFF_BYTES are magic-checked as soon as they arrive and a body that
     is not an image is abandoned there (the connection is closed, the rest never read)."""
-    inflater = None
-    if encoding in ("gzip", "x-gzip", "deflate"):
-        inflater = zlib.decompressobj(wbits=47 if encoding != "deflate" else 15)
-    elif encoding not in ("", "identity"):
-        raise _Abort(f"unsupported_encoding:{encoding[:20]}")
-    if inflater is None:
+    if encoding in ("", "identity"):
         return await _read_plain(resp, max_bytes, sniff=sniff)
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise _Abort(f"unsupported_encoding:{encoding[:20]}")
+    inflater = zlib.decompressobj(wbits=47 if encoding != "deflate" else 15)
     buf = bytearray()
-    sniffed = False
+    sniffed = not sniff
     while True:
         chunk = await resp.content.readany()
         if not chunk:
             break
-        if inflater is not None:
-            data = inflater.decompress(chunk, max_bytes + 1 - len(buf))
-            buf += data
-            while inflater.unconsumed_tail and len(buf) <= max_bytes:
-                buf += inflater.decompress(inflater.unconsumed_tail, max_bytes + 1 - len(buf))
-            if inflater.unconsumed_tail:
-                raise _Abort("too_large")
-        else:
-            buf += chunk
-        if len(buf) > max_bytes:
+        buf += inflater.decompress(chunk, max_bytes + 1 - len(buf))
+        while inflater.unconsumed_tail and len(buf) <= max_bytes:
+            buf += inflater.decompress(inflater.unconsumed_tail, max_bytes + 1 - len(buf))
+        if inflater.unconsumed_tail or len(buf) > max_bytes:
             raise _Abort("too_large")
         if not sniffed and len(buf) >= SNIFF_BYTES:
             sniffed = True
             head = bytes(buf[:SNIFF_BYTES])
-            if sniff and sniff_image(head) is None:
+            if sniff_image(head) is None:
                 raise _Abort(f"not_image:{describe_non_image(head)}")
     return bytes(buf)
 
