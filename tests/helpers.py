@@ -67,3 +67,27 @@ def carcrawl_cmd() -> list[str]:
 def image_shas(out: Path) -> set[str]:
     """sha256 of every image file under out/images (excluding temp files)."""
     return {p.stem for p in (out / "images").glob("*/*/*.*")}
+
+
+SANDBOX_ENGINES = ("bing", "duckduckgo", "openverse", "wikimedia")
+
+
+def crawl_settings(out: Path, sb: Any | None = None, **overrides: object) -> Any:
+    """Settings for an in-process crawl into ``out``: loopback allowed (explicitly), classify
+    off, quick retries, and the sandbox's engines (fast rates) when ``sb`` is given."""
+    from carcrawl.config import load_settings
+
+    o: dict[str, object] = {
+        "crawl.out": str(out),
+        "crawl.allow_networks": ["127.0.0.0/8"],
+        "classify.enabled": False,
+        "download.backoff_base": 0.05,
+        "download.max_retries": 1,
+    }
+    if sb is not None:
+        for name in SANDBOX_ENGINES:
+            o[f"engines.{name}.base_url"] = sb.engine_url(name)
+            o[f"engines.{name}.rate"] = 50.0
+            o[f"engines.{name}.concurrency"] = 2
+    o.update(overrides)
+    return load_settings(None, o)

@@ -11,35 +11,26 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import FIXTURES, IMAGES, carcrawl_cmd, sandbox_in_thread
+from helpers import FIXTURES, IMAGES, SANDBOX_ENGINES, carcrawl_cmd, crawl_settings, sandbox_in_thread
 
-from carcrawl.config import load_settings
 from carcrawl.models import Labels, Query
 from carcrawl.pipeline import Job, Pipeline
 from carcrawl.sources import normalize_url
 
 pytestmark = pytest.mark.usefixtures("shared")
 
-ENGINES = ("bing", "duckduckgo", "openverse", "wikimedia")
+ENGINES = SANDBOX_ENGINES
 
 
 def settings_for(out: Path, sb: object, **overrides: object):
-    o: dict[str, object] = {
-        "crawl.out": str(out),
-        "crawl.allow_networks": ["127.0.0.0/8"],
-        "classify.enabled": False,
-        "download.per_host_interval": 0.0,
-        "download.backoff_base": 0.05,
-        "download.max_retries": 1,
-    }
-    for name in ENGINES:
-        o[f"engines.{name}.base_url"] = sb.engine_url(name)  # type: ignore[attr-defined]
+    """The shared test settings, plus bursts and a short block back-off for every engine."""
+    o: dict[str, object] = {"download.per_host_interval": 0.0}
+    for name in SANDBOX_ENGINES:
         o[f"engines.{name}.rate"] = 100.0
         o[f"engines.{name}.burst"] = 4
-        o[f"engines.{name}.concurrency"] = 2
         o[f"engines.{name}.block_backoff"] = 0.2
     o.update(overrides)
-    return load_settings(None, o)
+    return crawl_settings(out, sb, **o)
 
 
 def mustangs(*colors: str) -> Job:

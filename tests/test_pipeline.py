@@ -12,31 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import IMAGES, carcrawl_cmd, image_shas, sandbox_in_thread
+from helpers import IMAGES, carcrawl_cmd, crawl_settings, image_shas, sandbox_in_thread
 
-from carcrawl.config import load_settings
 from carcrawl.models import Labels, Query
 from carcrawl.pipeline import Job, Pipeline
 from carcrawl.urllists import UrlRow
 
 pytestmark = pytest.mark.usefixtures("shared")
-
-
-def settings_for(out: Path, sb: object | None = None, **overrides: object):
-    o: dict[str, object] = {
-        "crawl.out": str(out),
-        "crawl.allow_networks": ["127.0.0.0/8"],
-        "classify.enabled": False,
-        "download.backoff_base": 0.05,
-        "download.max_retries": 1,
-    }
-    if sb is not None:
-        for name in ("bing", "duckduckgo", "openverse", "wikimedia"):
-            o[f"engines.{name}.base_url"] = sb.engine_url(name)  # type: ignore[attr-defined]
-            o[f"engines.{name}.rate"] = 50.0
-            o[f"engines.{name}.concurrency"] = 2
-    o.update(overrides)
-    return load_settings(None, o)
 
 
 def url_job(urls: list[str]) -> Job:
@@ -47,7 +29,7 @@ def url_job(urls: list[str]) -> Job:
 async def test_per_host_limits_hold_in_the_servers_own_log(tmp_path: Path) -> None:
     with sandbox_in_thread(photos=IMAGES, hosts=4, latency_ms=(5, 30), fault_rate=0.0) as sb:
         urls = list(sb.image_urls(240))
-        s = settings_for(tmp_path / "out", **{"download.concurrency": 32, "download.per_host_concurrency": 2,
+        s = crawl_settings(tmp_path / "out", **{"download.concurrency": 32, "download.per_host_concurrency": 2,
                                               "download.per_host_interval": 0.05})
         result = await Pipeline(s, url_job(urls), fresh=True).run()
         assert result.state == "done"
@@ -66,7 +48,7 @@ async def test_html_served_as_jpeg_never_reaches_disk(tmp_path: Path) -> None:
         bad = [sb.fault_url("html_as_jpeg", i) for i in range(10)]
         good = list(sb.image_urls(10))
         out = tmp_path / "out"
-        s = settings_for(out, **{"download.per_host_interval": 0.0})
+        s = crawl_settings(out, **{"download.per_host_interval": 0.0})
         result = await Pipeline(s, url_job(bad + good), fresh=True).run()
     assert result.status["reasons"].get("not_image:html") == 10
     for p in (out / "images").rglob("*"):
@@ -79,7 +61,7 @@ async def test_html_served_as_jpeg_never_reaches_disk(tmp_path: Path) -> None:
 async def test_crawl_searches_the_sandbox_engines_and_downloads(tmp_path: Path) -> None:
     with sandbox_in_thread(photos=IMAGES, hosts=4, latency_ms=(0, 5), fault_rate=0.1, results_per_query=30) as sb:
         out = tmp_path / "out"
-        s = settings_for(out, sb, **{"crawl.sources": ["bing", "openverse"], "crawl.per_query": 20,
+        s = crawl_settings(out, sb, **{"crawl.sources": ["bing", "openverse"], "crawl.per_query": 20,
                                      "download.per_host_interval": 0.0})
         queries = [Query(f"{c} ford mustang", Labels("ford", "mustang", c)) for c in ("red", "blue", "black")]
         result = await Pipeline(s, Job(queries=lambda: iter(queries), fingerprint="q"), fresh=True).run()
