@@ -121,8 +121,10 @@ def test_parse_cli_prints_candidates_then_the_cursor() -> None:
 def test_parse_cli_says_why_a_block_page_yields_nothing() -> None:
     block = next(p for p in (FIXTURES).rglob("*") if p.is_file() and "google" in str(p) and "sorry" in p.name.lower())
     proc = subprocess.run([*carcrawl_cmd(), "parse", "google", str(block)], capture_output=True, text=True, timeout=60)
-    out = proc.stdout + proc.stderr
-    assert "block" in out.lower()
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.splitlines()[-1])
+    assert summary["count"] == 0 and summary["problem"] == "blocked"
+    assert "CAPTCHA" in summary["note"]
 
 
 def test_fetch_with_a_categories_table_reports_per_category(tmp_path: Path) -> None:
