@@ -347,6 +347,8 @@ class Store:
         for v in verdicts:
             top5 = json.dumps([[p.label, round(p.score, 5), p.index] for p in v.top5])
             self._write(_SQL_INSERT_VERDICT, (v.sha256, int(v.keep), v.reason, top5, v.embedding, v.model, now))
+            if v.hashes is not None:  # decoded once: export will not decode this image again
+                self._write(_SQL_INSERT_HASHES, (v.sha256, v.hashes, v.width, v.height))
             self._write(
                 _SQL_IMAGE_CLASSIFIED,
                 ("done" if v.keep else "rejected", v.reason, v.width, v.height, v.sha256),
@@ -430,6 +432,7 @@ _SQL_INSERT_VERDICT = (
     "INSERT OR REPLACE INTO verdicts(sha256, keep, reason, top5, embedding, model, created_at)"
     " VALUES (?,?,?,?,?,?,?)"
 )
+_SQL_INSERT_HASHES = "INSERT OR REPLACE INTO image_hashes(sha256, hashes, width, height) VALUES (?,?,?,?)"
 _SQL_IMAGE_CLASSIFIED = (
     "UPDATE images SET state=?, reason=?, width=coalesce(?, width), height=coalesce(?, height) WHERE sha256=?"
 )
