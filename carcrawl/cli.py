@@ -29,6 +29,8 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress displ
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the final summary as one JSON object.")]
 FreshOpt = Annotated[bool, typer.Option("--fresh", help="Start over: delete the checkpoint first.")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="Classifier device: auto, cpu or cuda.")]
+WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Split the crawl by host into N shards run by N local Ray workers (needs carcrawl[ray]).")]
+RayOpt = Annotated[str | None, typer.Option("--ray", help="Run the shards on an existing Ray cluster at this address (needs carcrawl[ray]).")]
 
 
 def main() -> None:
@@ -66,7 +68,8 @@ def _setup_logging(quiet: bool) -> None:
 
 
 def _run_pipeline(
-    settings: Any, job: Any, *, command: str, fresh: bool, quiet: bool, as_json: bool, around: Any = None
+    settings: Any, job: Any, *, command: str, fresh: bool, quiet: bool, as_json: bool, around: Any = None,
+    workers: int | None = None, ray_address: str | None = None,
 ) -> Any:
     """Run one pipeline with progress and Ctrl-C handling. ``around(settings)`` is an optional
     async context manager that yields the settings to use (the demo starts its sandbox there)."""
@@ -75,6 +78,15 @@ def _run_pipeline(
 
     display = ProgressDisplay(enabled=not quiet and not as_json)
     used = settings
+
+    if around is None and (workers is not None or ray_address or _sharded(settings, fresh)):
+        from carcrawl.distributed.driver import run_sharded
+
+        def go_sharded() -> Any:
+            return run_sharded(settings, job, command=command, fresh=fresh, workers=workers, address=ray_address,
+                               on_event=display.event, run_async=_run_async)
+    else:
+        go_sharded = None
 
     async def go() -> Any:
         nonlocal used
@@ -85,7 +97,7 @@ def _run_pipeline(
 
     try:
         with display:
-            result = _run_async(go())
+            result = go_sharded() if go_sharded is not None else _run_async(go())
     except CarcrawlError as e:
         _fail(e)
     except (KeyboardInterrupt, asyncio.CancelledError):
@@ -100,6 +112,13 @@ def _run_pipeline(
         typer.echo("carcrawl: interrupted; run the same command again to resume.", err=True)
         raise typer.Exit(130)
     return result
+
+
+def _sharded(settings: Any, fresh: bool) -> bool:
+    """An earlier ``--workers``/``--ray`` run left unmerged shards: the same command resumes them."""
+    from carcrawl.store.shards import planned_shards
+
+    return not fresh and planned_shards(settings.checkpoint_path) > 0
 
 
 def _catalog_job(settings: Any, *, body_types: bool) -> Any:
@@ -144,6 +163,8 @@ def crawl(
     fresh: FreshOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
+    workers: WorkersOpt = None,
+    ray: RayOpt = None,
 ) -> None:
     """The overnight job: catalogue → search → download → classify → checkpoint. Resumes
     automatically when the checkpoint exists (use --fresh to start over)."""
@@ -160,7 +181,8 @@ def crawl(
         job = _catalog_job(settings, body_types=body_types)
     except CarcrawlError as e:
         _fail(e)
-    _run_pipeline(settings, job, command="crawl", fresh=fresh, quiet=quiet, as_json=as_json)
+    _run_pipeline(settings, job, command="crawl", fresh=fresh, quiet=quiet, as_json=as_json, workers=workers,
+                  ray_address=ray)
 
 
 @app.command()
@@ -175,6 +197,8 @@ def fetch(
     fresh: FreshOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
+    workers: WorkersOpt = None,
+    ray: RayOpt = None,
 ) -> None:
     """Download + verify (+ classify) a list of URLs, no search."""
     from carcrawl.pipeline import Job
@@ -206,7 +230,8 @@ def fetch(
         _fail(e)
     except OSError as e:
         _fail(CarcrawlError(f"{urls}: {e.strerror}"))
-    _run_pipeline(settings, Job(urls=rows, fingerprint=fp), command="fetch", fresh=fresh, quiet=quiet, as_json=as_json)
+    _run_pipeline(settings, Job(urls=rows, fingerprint=fp), command="fetch", fresh=fresh, quiet=quiet, as_json=as_json,
+                  workers=workers, ray_address=ray)
     if categories is not None and not as_json:
         from carcrawl.progress import print_category_report
 
@@ -252,12 +277,21 @@ def status(
         counts = status_counts(con)
     finally:
         con.close()
+    counts = _with_shards(path, counts)
     if as_json:
         typer.echo(json.dumps(counts))
         return
     from carcrawl.progress import print_status
 
     print_status(counts, path)
+
+
+def _with_shards(checkpoint: Path, counts: dict[str, Any]) -> dict[str, Any]:
+    """While a ``--workers`` crawl runs (or after one was interrupted), count its shards too."""
+    from carcrawl.store.shards import combined_status, shard_checkpoints
+
+    shards = shard_checkpoints(checkpoint)
+    return combined_status(checkpoint, shards) if shards else counts
 
 
 @app.command()

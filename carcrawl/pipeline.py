@@ -75,6 +75,7 @@ class Pipeline:
         fresh: bool = False,
         on_event: Callable[[str, Any], None] | None = None,
         classifier_loader: Callable[[ClassifyConfig], Any] = load_classifier,
+        search_only: bool = False,
     ):
         self.settings = settings
         self.job = job
@@ -83,6 +84,7 @@ class Pipeline:
         self.stats = Stats()
         self.on_event = on_event or (lambda kind, data: None)
         self.classifier_loader = classifier_loader
+        self.search_only = search_only  # load the job and search; downloads are left to shards
         self._stages: list[Any] = []
         self.stopping = False
         self.classifier_name: str | None = None
@@ -184,7 +186,7 @@ class Pipeline:
 
     async def _run_stages(self, store: Store, client: HttpClient, files: ImageFiles, run_id: int) -> None:
         s = self.settings
-        classify_on = s.classify.enabled
+        classify_on = s.classify.enabled and not self.search_only
         queue: asyncio.Queue[ClassifyItem | None] | None = asyncio.Queue(s.download.queue_size) if classify_on else None
         search = SearchStage(store, client, self._engines(), self.stats)
         download = DownloadStage(store, client, files, s.download, self.stats, queue, max_pixels=s.classify.max_pixels)
@@ -230,7 +232,7 @@ class Pipeline:
 
         reporter = asyncio.create_task(reporting())
         try:
-            jobs = [searching(), downloading()] + ([classify.run()] if classify else [])
+            jobs = [searching()] + ([] if self.search_only else [downloading()]) + ([classify.run()] if classify else [])
             results = await asyncio.gather(*jobs, return_exceptions=True)
         finally:
             reporter.cancel()
