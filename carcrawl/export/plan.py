@@ -38,6 +38,9 @@ from carcrawl.export.splits import SPLITS, Splitter, normalise_ratios
 from carcrawl.store.dataset import CandidateInfo, DatasetDB, ImageRecord
 
 REFINED_THRESHOLD = 0.5
+#: bits of :attr:`DatasetPlan.flags` (what the report's gallery needs, one byte per image)
+REJECTED_BY_MODEL = 1
+MARKED_WRONG = 2
 
 
 @dataclass(slots=True)
@@ -148,6 +151,19 @@ class DatasetPlan:
         self.exported_count = sum(sum(c.values()) for c in self._per_class.values())
         self.label_conflicts = sum(n for label_id, n in conflicts.items() if label_id not in dropped)
         self.classes = sorted(self._per_class)
+        self.flags = array("b")  # per image: REJECTED_BY_MODEL | MARKED_WRONG, set by build_plan
+
+    def class_indices(self) -> dict[str, array]:
+        """label -> indices of its exported images (4 bytes each), in sha256 order."""
+        out: dict[str, array] = {}
+        for i in range(len(self._splitter)):
+            if self._split[i] >= 0:
+                out.setdefault(self._names[self._splitter.label(i)], array("i")).append(i)
+        return out
+
+    def flagged(self, flag: int) -> array:
+        """Indices of the excluded images carrying ``flag``, in sha256 order."""
+        return array("i", (i for i, f in enumerate(self.flags) if f & flag))
 
     def __len__(self) -> int:
         """Stored images the plan covers (exported or not)."""
@@ -249,6 +265,7 @@ def build_plan(
     conflicts: Counter[int] = Counter()
     excluded: Counter[str] = Counter()
     splitter = Splitter()
+    flags = array("b")
     previous = db.iter_previous_splits(plan_key)
     prev = next(previous, None)
     for rec in db.iter_records():
@@ -259,7 +276,10 @@ def build_plan(
         if e.excluded is not None or e.label is None:
             excluded[_reason_kind(e.excluded)] += 1
             splitter.add(rec.sha256, -1)
+            flags.append((REJECTED_BY_MODEL if rec.keep is False and not rec.near_duplicate_of else 0)
+                         | (MARKED_WRONG if e.excluded == "reviewer:wrong" else 0))
             continue
+        flags.append(0)
         label_id = ids.get(e.label)
         if label_id is None:
             label_id = ids[e.label] = len(names)
@@ -288,5 +308,7 @@ def build_plan(
     split = splitter.assign(shares, seed, names, dropped)
     if remember_splits:
         db.save_splits(plan_key, ((splitter.sha(i), SPLITS[split[i]]) for i in range(len(splitter)) if split[i] >= 0))
-    return DatasetPlan(db, scheme, seed, shares, merge, refined, vectors, names, splitter, split, dropped,
+    plan = DatasetPlan(db, scheme, seed, shares, merge, refined, vectors, names, splitter, split, dropped,
                        excluded, conflicts)
+    plan.flags = flags
+    return plan

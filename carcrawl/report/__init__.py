@@ -16,7 +16,6 @@ import random
 import re
 import secrets
 import time
-from array import array
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from carcrawl.export.plan import Entry, build_plan
+from carcrawl.export.plan import MARKED_WRONG, REJECTED_BY_MODEL, Entry, build_plan
 from carcrawl.store.dataset import DatasetDB
 
 PER_CLASS = 8
@@ -159,8 +158,8 @@ def write_report(target: str | Path, to: str | Path | None = None, *, per_class:
                  seed: int = 0, scheme: str | None = None) -> Path:
     """Write the report; returns the HTML file's path (default ``<target>/report.html``).
 
-    The plan is built once and read once more for the gallery: per class and for the rejected
-    images only 4-byte indices are kept, and only the sampled images' records are fetched."""
+    The plan is built once (one pass over the checkpoint); the gallery samples from its 4-byte
+    indices per class and per flag, and only the sampled images' records are fetched again."""
     out = Path(to) if to is not None else Path(target) / "report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     assets = out.parent / f"{out.stem}_assets"
@@ -168,16 +167,9 @@ def write_report(target: str | Path, to: str | Path | None = None, *, per_class:
     with DatasetDB.open(target) as db:
         scheme = scheme or _pick_scheme(db)
         plan = build_plan(db, scheme=scheme, remember_splits=False)
-        by_class: dict[str, array] = {}
-        rejected_ix = array("i")
-        marked_wrong: list[Entry] = []
-        for i, e in plan.iter_entries():
-            if e.excluded is None:
-                by_class.setdefault(e.label or "", array("i")).append(i)
-            elif e.record.keep is False and not e.record.near_duplicate_of:
-                rejected_ix.append(i)
-            if e.excluded == "reviewer:wrong" and len(marked_wrong) < REJECTED_SAMPLE:
-                marked_wrong.append(e)
+        by_class = plan.class_indices()
+        rejected_ix = plan.flagged(REJECTED_BY_MODEL)
+        marked_wrong = list(plan.entries_at(plan.flagged(MARKED_WRONG)[:REJECTED_SAMPLE]))
         rng = random.Random(seed)
         sample_ix = {label: rng.sample(ix, min(per_class, len(ix))) for label, ix in sorted(by_class.items())}
         rejected_pick = rng.sample(rejected_ix, min(REJECTED_SAMPLE, len(rejected_ix)))
