@@ -42,6 +42,7 @@ __all__ = [
     "parse_saved",
     "rate_limit_wait",
     "redact_url",
+    "strip_credentials",
 ]
 
 #: every source by the name stored on its candidates
@@ -163,7 +164,24 @@ def normalize_url(url: str) -> str:
     return urlunsplit((scheme, netloc, path, parts.query, ""))
 
 
+def strip_credentials(url: str) -> tuple[str, bool]:
+    """``url`` without a ``user:password@`` part, and whether it had one. carcrawl never keeps
+    such credentials: they would sit in clear in the checkpoint, the manifest and the logs."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url, False
+    end = len(rest)
+    for ch in "/?#":
+        i = rest.find(ch)
+        if i != -1:
+            end = min(end, i)
+    at = rest.rfind("@", 0, end)
+    if at == -1:
+        return url, False
+    return f"{scheme}://{rest[at + 1:]}", True
+
+
 def redact_url(url: str) -> str:
-    """``url`` with API keys and tokens in its query replaced by ``***``, for logs and errors
-    (Flickr wants its key in the URL)."""
-    return _SECRET_PARAM_RE.sub(r"\1***", url)
+    """``url`` with API keys and tokens in its query replaced by ``***`` and any user name and
+    password removed, for logs and errors (Flickr wants its key in the URL)."""
+    return _SECRET_PARAM_RE.sub(r"\1***", strip_credentials(url)[0])
