@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
+from carcrawl import urlsafety
 from carcrawl.errors import InputFileError
 from carcrawl.models import Labels
 
@@ -52,9 +53,8 @@ LABEL_COLUMNS: dict[str, tuple[str, ...]] = {
     "category": ("category", "label"),
 }
 MAX_REPORTED_ERRORS = 10
-#: the longest URL carcrawl accepts (browsers and servers commonly stop near 8 KB); a longer one
-#: is a bad row, never sent
-MAX_URL_LENGTH = 8192
+#: the longest URL carcrawl accepts (a longer one is a bad row, never sent)
+MAX_URL_LENGTH = urlsafety.MAX_URL_LENGTH
 _TRUE = {"1", "true", "yes", "y", "t"}
 _FALSE = {"0", "false", "no", "n", "f", ""}
 _INDEX_SUFFIX_RE = re.compile(r"_\d+$")
@@ -203,9 +203,7 @@ def _scan(
 
 def _show(url: str) -> str:
     """A URL as an error message may show it: no user name or password, at most 100 characters."""
-    from carcrawl.sources import strip_credentials
-
-    shown = strip_credentials(url)[0]
+    shown = urlsafety.strip_credentials(url)[0]
     return repr(shown if len(shown) <= 100 else shown[:100] + "...")
 
 

@@ -24,6 +24,7 @@ from carcrawl.sources.flickr import FlickrSource
 from carcrawl.sources.google import GoogleSource
 from carcrawl.sources.openverse import OpenverseSource, rate_limit_wait
 from carcrawl.sources.wikimedia import WikimediaSource
+from carcrawl.urlsafety import strip_credentials
 
 __all__ = [
     "SOURCES",
@@ -157,28 +158,9 @@ def normalize_url(url: str) -> str:
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
     netloc = host if port is None or port == _DEFAULT_PORTS.get(scheme) else f"{host}:{port}"
-    if parts.username is not None or parts.password is not None:
-        userinfo = parts.netloc.rpartition("@")[0]
-        netloc = f"{userinfo}@{netloc}"
+    # a user name or password is not part of the key (it never is stored: see carcrawl.urlsafety)
     path = parts.path or ("/" if scheme in _DEFAULT_PORTS else "")
     return urlunsplit((scheme, netloc, path, parts.query, ""))
-
-
-def strip_credentials(url: str) -> tuple[str, bool]:
-    """``url`` without a ``user:password@`` part, and whether it had one. carcrawl never keeps
-    such credentials: they would sit in clear in the checkpoint, the manifest and the logs."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url, False
-    end = len(rest)
-    for ch in "/?#":
-        i = rest.find(ch)
-        if i != -1:
-            end = min(end, i)
-    at = rest.rfind("@", 0, end)
-    if at == -1:
-        return url, False
-    return f"{scheme}://{rest[at + 1:]}", True
 
 
 def redact_url(url: str) -> str:
