@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from carcrawl.export.plan import DatasetPlan, Entry, build_plan
+from carcrawl.export.plan import MARKED_WRONG, REJECTED_BY_MODEL, Entry, build_plan
 from carcrawl.store.dataset import DatasetDB
 
 PER_CLASS = 8
@@ -147,44 +147,44 @@ def _card(e: Entry, thumb: str | None, original: str) -> str:
     )
 
 
-def _pick_scheme(db: DatasetDB) -> tuple[str, DatasetPlan]:
-    plan = None
-    for scheme in ("make_model", "category", "body_type"):
-        plan = build_plan(db, scheme=scheme, remember_splits=False)
-        if plan.exported:
-            return scheme, plan
-    assert plan is not None
-    return "make_model", plan
+def _pick_scheme(db: DatasetDB) -> str:
+    """The first scheme of make_model, category, body_type under which some image has a label
+    (counted in SQL, so the plan is built once)."""
+    present = db.label_presence()
+    return next((s for s in ("make_model", "category", "body_type") if present[s]), "make_model")
 
 
 def write_report(target: str | Path, to: str | Path | None = None, *, per_class: int = PER_CLASS,
                  seed: int = 0, scheme: str | None = None) -> Path:
-    """Write the report; returns the HTML file's path (default ``<target>/report.html``)."""
+    """Write the report; returns the HTML file's path (default ``<target>/report.html``).
+
+    The plan is built once (one pass over the checkpoint); the gallery samples from its 4-byte
+    indices per class and per flag, and only the sampled images' records are fetched again."""
     out = Path(to) if to is not None else Path(target) / "report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     assets = out.parent / f"{out.stem}_assets"
     (assets / "thumbs").mkdir(parents=True, exist_ok=True)
     with DatasetDB.open(target) as db:
-        if scheme:
-            plan = build_plan(db, scheme=scheme, remember_splits=False)
-        else:
-            scheme, plan = _pick_scheme(db)
+        scheme = scheme or _pick_scheme(db)
+        plan = build_plan(db, scheme=scheme, remember_splits=False)
+        by_class = plan.class_indices()
+        rejected_ix = plan.flagged(REJECTED_BY_MODEL)
+        marked_wrong = list(plan.entries_at(plan.flagged(MARKED_WRONG)[:REJECTED_SAMPLE]))
+        rng = random.Random(seed)
+        sample_ix = {label: rng.sample(ix, min(per_class, len(ix))) for label, ix in sorted(by_class.items())}
+        rejected_pick = rng.sample(rejected_ix, min(REJECTED_SAMPLE, len(rejected_ix)))
+        wanted = [i for ix in sample_ix.values() for i in ix] + rejected_pick
+        fetched = {e.record.sha256: e for e in plan.entries_at(wanted)}
+        sample = {label: [fetched[plan.sha(i)] for i in ix if plan.sha(i) in fetched] for label, ix in sample_ix.items()}
+        rejected_sample = [fetched[plan.sha(i)] for i in rejected_pick if plan.sha(i) in fetched]
+        class_sizes = {label: len(ix) for label, ix in by_class.items()}
+        n_rejected = len(rejected_ix)
+        del by_class, rejected_ix
         status = db.status()
         sources = db.sources()
         licences = db.licences()
         progress = db.progress()
         report_id = hashlib.sha256(str(db.path.resolve()).encode()).hexdigest()[:16]
-
-    rng = random.Random(seed)
-    by_class: dict[str, list[Entry]] = {}
-    for e in plan.exported:
-        by_class.setdefault(e.label or "", []).append(e)
-    sample: dict[str, list[Entry]] = {
-        label: rng.sample(entries, min(per_class, len(entries))) for label, entries in sorted(by_class.items())
-    }
-    rejected = [e for e in plan.entries if e.excluded and e.record.keep is False and not e.record.near_duplicate_of]
-    rejected_sample = rng.sample(rejected, min(REJECTED_SAMPLE, len(rejected)))
-    marked_wrong = [e for e in plan.entries if e.excluded == "reviewer:wrong"][:REJECTED_SAMPLE]
     shown = [e for es in sample.values() for e in es] + rejected_sample + marked_wrong
 
     def thumb(e: Entry) -> tuple[str, str | None]:
@@ -218,7 +218,7 @@ def write_report(target: str | Path, to: str | Path | None = None, *, per_class:
             ["failed or rejected URLs", cand.get("failed", 0) + cand.get("rejected", 0)],
             ["kept by the classifier", status.get("kept", 0)],
             ["rejected by the classifier", status.get("rejected_by_classifier", 0)],
-            ["in the dataset", len(plan.exported)],
+            ["in the dataset", plan.exported_count],
             ["classes", len(per_class_counts)],
         ]),
         "<h2>Classes and splits</h2>",
@@ -239,12 +239,12 @@ def write_report(target: str | Path, to: str | Path | None = None, *, per_class:
         "<code>carcrawl refine</code>.</p>",
     ]
     for label, entries in sample.items():
-        parts.append(f"<h3>{esc(label)} <span class='muted'>({len(by_class[label])} images)</span></h3>")
+        parts.append(f"<h3>{esc(label)} <span class='muted'>({class_sizes[label]} images)</span></h3>")
         parts.append('<div class="gallery">' + "".join(_card(e, thumbs[e.record.sha256], original(e)) for e in entries)
                      + "</div>")
     if rejected_sample:
         parts.append(f"<h3>Rejected by the model <span class='muted'>(sample of {len(rejected_sample)} of "
-                     f"{len(rejected)}; mark 'right' to put one back)</span></h3>")
+                     f"{n_rejected}; mark 'right' to put one back)</span></h3>")
         parts.append('<div class="gallery">' + "".join(_card(e, thumbs[e.record.sha256], original(e))
                                                        for e in rejected_sample) + "</div>")
     if marked_wrong:
