@@ -45,7 +45,10 @@ class ExportSummary:
             + ", ".join(f"{k} {v}" for k, v in self.splits.items()),
         ]
         if self.excluded:
-            lines.append("  not exported: " + ", ".join(f"{k} {v}" for k, v in list(self.excluded.items())[:8]))
+            shown = list(self.excluded.items())[:8]
+            rest = len(self.excluded) - len(shown)
+            more = f" and {rest} more reasons ({sum(list(self.excluded.values())[8:])} images)" if rest else ""
+            lines.append("  not exported: " + ", ".join(f"{k} {v}" for k, v in shown) + more)
         if self.label_conflicts:
             lines.append(f"  {self.label_conflicts} exported images were found under conflicting labels "
                          "(see label_conflict in the manifest)")

@@ -22,6 +22,7 @@ import aiosqlite
 from carcrawl.errors import DiskFullError
 from carcrawl.models import Candidate, Labels, Query, Verdict
 from carcrawl.store.schema import check_and_init
+from carcrawl.urlsafety import refuse
 
 T = TypeVar("T")
 SQLITE_FULL = 13  # sqlite3 result code: "database or disk is full"
@@ -291,10 +292,12 @@ class Store:
         now = time.time()
         lab = _labels(task.labels)
         for rank, c, key in candidates:
+            url, key, refused = refuse(c.url, key)
             self._write(
                 _SQL_INSERT_CANDIDATE,
-                (c.url, key, c.source, task.query_id, page, rank, c.title, c.page_url, c.thumbnail_url,
-                 c.width, c.height, c.license, c.license_url, c.creator, c.attribution, *lab, now),
+                (url, key, c.source, task.query_id, page, rank, c.title, c.page_url, c.thumbnail_url,
+                 c.width, c.height, c.license, c.license_url, c.creator, c.attribution, *lab, now,
+                 "failed" if refused else "pending", refused),
             )
         self._write(
             _SQL_UPDATE_SEARCH,
@@ -304,10 +307,11 @@ class Store:
     # -- candidates ----------------------------------------------------------------------------
 
     def add_url_candidate(self, url: str, key: str, labels: Labels, source: str = "urls", rank: int = 0) -> None:
+        url, key, refused = refuse(url, key)
         self._write(
             _SQL_INSERT_CANDIDATE,
             (url, key, source, None, None, rank, None, None, None, None, None, None, None, None, None,
-             *_labels(labels), time.time()),
+             *_labels(labels), time.time(), "failed" if refused else "pending", refused),
         )
 
     async def next_candidates(self, after_id: int, limit: int) -> list[DownloadTask]:
@@ -418,7 +422,8 @@ _SQL_UPDATE_SEARCH = (
 _SQL_INSERT_CANDIDATE = (
     "INSERT OR IGNORE INTO candidates(url, url_key, source, query_id, page, rank, title, page_url,"
     " thumbnail_url, width, height, license, license_url, creator, attribution,"
-    " make, model, color, body_type, category, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    " make, model, color, body_type, category, updated_at, state, reason)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 _SQL_CANDIDATES_IN_FLIGHT = "UPDATE candidates SET state='in_flight' WHERE state='pending' AND id>? AND id<=?"
 _SQL_INSERT_IMAGE = (
