@@ -87,7 +87,7 @@ def test_two_workers_store_every_image_once_and_hold_per_host_limits_together(tm
             # ~0 ms). robots.txt is left out: its fetch is not paced against the first image
             # request in one process either (issue 11's politeness work)
             starts = sorted(a.start for a in log.requests(host) if a.path != "/robots.txt")
-            assert min(b - a for a, b in zip(starts, starts[1:])) >= INTERVAL * 0.6, host
+            assert min(b - a for a, b in zip(starts, starts[1:], strict=False)) >= INTERVAL * 0.6, host
     summary = json.loads(run.stdout.strip().splitlines()[-1])
     assert summary["state"] == "done"
     assert summary["stats"]["shards"] == 2
