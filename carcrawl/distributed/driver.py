@@ -94,7 +94,9 @@ def run_sharded(
 
     stop = stop_file(settings)
     stop.unlink(missing_ok=True)
+    t_ray = time.monotonic()
     _init_ray(ray, address, workers)
+    t_shards = time.monotonic()
     try:
         n = planned_shards(main) or workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         in_flight_cap = min(workers or n, n)
@@ -103,6 +105,7 @@ def run_sharded(
         split_pending(main, [shard_checkpoint(settings, k) for k in range(n)], lambda url: shard_of(url, n))
         base = Counter(prep.stats["counts"])
         outcomes, state = _run_shards(ray, settings, command, n, in_flight_cap, on_event, base)
+        t_end = time.monotonic()
     finally:
         ray.shutdown()
         stop.unlink(missing_ok=True)
@@ -121,7 +124,9 @@ def run_sharded(
         classifier = classifier or o.classifier
     stats = {"elapsed_s": round(time.monotonic() - started, 3), "counts": dict(counts),
              "reasons": dict(reasons.most_common()), "workers": in_flight_cap, "shards": n,
-             "fetched_per_shard": dict(per_shard)}
+             "fetched_per_shard": dict(per_shard),
+             # where the time went: Ray's start-up, then the shards (split, runs, merges)
+             "ray_start_s": round(t_shards - t_ray, 3), "shard_phase_s": round(t_end - t_shards, 3)}
     status = status_of(settings)
     return RunResult(state, prep.run_id, stats["elapsed_s"], stats, status, classifier)  # type: ignore[arg-type]
 
