@@ -129,19 +129,30 @@ class Pipeline:
             state, reason = "failed", str(e)
             raise
         finally:
-            with contextlib.suppress(Exception):
-                store.record_progress(run_id, *self._progress_numbers())
-                # the stages are over, so nothing is in flight: what is still marked so (queued,
-                # waiting for a retry, cut off by a failure) is work for the next run
-                await store.reset_in_flight()
-                await store.finish_run(run_id, state, reason)
+            # the last commit and the close run to their end even if a second Ctrl-C cancels us
+            # meanwhile: an open aiosqlite connection is a live thread, which would hang the exit
+            closing = asyncio.ensure_future(self._close(store, run_id, state, reason))
             try:
-                await store.close()
-            except CarcrawlError:
-                if state != "failed":  # the last commit failed: say so (unless an error is already on its way)
-                    raise
+                await asyncio.shield(closing)
+            except asyncio.CancelledError:
+                if not closing.done():
+                    await closing
+                raise
         status = await asyncio.to_thread(_read_status, s.checkpoint_path)
         return RunResult(state, run_id, self.stats.snapshot()["elapsed_s"], self.stats.snapshot(), status, self.classifier_name)  # type: ignore[arg-type]
+
+    async def _close(self, store: Store, run_id: int, state: str, reason: str | None) -> None:
+        with contextlib.suppress(Exception):
+            store.record_progress(run_id, *self._progress_numbers())
+            # the stages are over, so nothing is in flight: what is still marked so (queued,
+            # waiting for a retry, cut off by a failure) is work for the next run
+            await store.reset_in_flight()
+            await store.finish_run(run_id, state, reason)
+        try:
+            await store.close()
+        except CarcrawlError:
+            if state != "failed":  # the last commit failed: say so (unless an error is already on its way)
+                raise
 
     async def _load_job(self, store: Store) -> None:
         s = self.settings
@@ -323,4 +334,6 @@ async def run_with_signals(pipeline: Pipeline) -> RunResult:
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+            if presses:  # already stopping: a late press must not kill the process mid-exit
+                signal.signal(sig, signal.SIG_IGN)
 
