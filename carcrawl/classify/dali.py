@@ -3,6 +3,8 @@
 One pipeline: ``fn.external_source`` (the batch's encoded bytes) -> ``fn.decoders.image``
 (``device="mixed"``: nvJPEG / the hardware JPEG decoder, or ``"cpu"``: libjpeg-turbo with
 ``device_id=None``) -> resize the shorter side -> ``crop_mirror_normalize`` centre crop, uint8 HWC.
+A second output, the full picture in grey squeezed to ``phash.HASH_SIDE`` pixels square, gives
+the perceptual hashes (computed on the CPU from that small picture).
 The model normalises on its own device, so the decoders of every path hand over the same thing.
 On the GPU the output is copied device-to-device into one of two reused torch buffers (no host
 round trip); two buffers because batch N+1 decodes while batch N is inferred.
@@ -26,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from carcrawl.classify.decode import (
     DecodedBatch,
@@ -34,6 +37,7 @@ from carcrawl.classify.decode import (
     PillowDecoder,
     peek,
 )
+from carcrawl.phash import HASH_SIDE, picture_hashes, to_blob
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +84,9 @@ def build_pipeline(geometry: Geometry, batch_size: int, threads: int, device_id:
     @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=device_id, prefetch_queue_depth=1)
     def pipeline() -> Any:
         encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
-        images = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.RGB)
-        images = fn.resize(images, resize_shorter=geometry.resize, interp_type=types.INTERP_LINEAR, antialias=True)
-        return fn.crop_mirror_normalize(
+        decoded = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.RGB)
+        images = fn.resize(decoded, resize_shorter=geometry.resize, interp_type=types.INTERP_LINEAR, antialias=True)
+        crops = fn.crop_mirror_normalize(
             images,
             crop=(geometry.size, geometry.size),
             crop_pos_x=0.5,
@@ -90,6 +94,9 @@ def build_pipeline(geometry: Geometry, batch_size: int, threads: int, device_id:
             dtype=types.UINT8,
             output_layout="HWC",
         )
+        grey = fn.color_space_conversion(decoded, image_type=types.RGB, output_type=types.GRAY)
+        picture = fn.resize(grey, size=(HASH_SIDE, HASH_SIDE), interp_type=types.INTERP_LINEAR, antialias=True)
+        return crops, picture
 
     pipe = pipeline()
     pipe.build()
@@ -121,6 +128,8 @@ class DaliDecoder:
         self._buffers: list[Any] = []  # two reused GPU output buffers, one per decode() call
         self._slot = 0
         self.isolated = 0  # samples that failed inside a DALI batch (for tests and logs)
+        self._hashes: list[bytes] = []  # perceptual hashes of the last run's samples
+        self._row_hashes: dict[int, bytes] = {}  # input row -> hashes, for the batch being decoded
 
     # -- one DALI run ------------------------------------------------------------------------
     def _run(self, blobs: Sequence[np.ndarray]) -> Any:
@@ -129,7 +138,9 @@ class DaliDecoder:
         import torch
 
         self.pipe.feed_input("encoded", list(blobs))
-        (out,) = self.pipe.run()
+        out, picture = self.pipe.run()
+        pictures = (picture if self.device_id is None else picture.as_cpu()).as_array()
+        self._hashes = [to_blob(picture_hashes(Image.fromarray(p[:, :, 0], "L"))) for p in pictures]
         if self.device_id is None:
             return torch.from_numpy(out.as_array())  # as_array copies out of DALI's buffer
         from nvidia.dali.plugin.pytorch import feed_ndarray
@@ -142,9 +153,12 @@ class DaliDecoder:
         return feed_ndarray(out.as_tensor(), target, cuda_stream=torch.cuda.current_stream())
 
     def _run_isolating(self, rows: list[int], blobs: Sequence[np.ndarray]) -> tuple[list[int], list[Any], list[int]]:
-        """Run; when DALI fails the batch, bisect. Returns (rows decoded, tensors, rows failed)."""
+        """Run; when DALI fails the batch, bisect. Returns (rows decoded, tensors, rows failed);
+        the hashes of the rows decoded go into ``self._row_hashes``."""
         try:
-            return rows, [self._run(blobs)], []
+            tensor = self._run(blobs)
+            self._row_hashes.update(zip(rows, self._hashes, strict=True))
+            return rows, [tensor], []
         except Exception as e:  # DALI raises RuntimeError for the whole batch
             if len(rows) == 1:
                 self.isolated += 1
@@ -167,6 +181,7 @@ class DaliDecoder:
         dali_rows: list[int] = []
         pillow_rows: list[int] = []
         self._slot ^= 1  # batch N+1 decodes into the other buffer while batch N is inferred
+        self._row_hashes = {}
         for i, data in enumerate(blobs):
             header, to_dali = screen(data, self.max_pixels)
             if header.width is not None and header.height is not None:
@@ -197,6 +212,7 @@ class DaliDecoder:
                 continue
             rows.append(i)
             fallback_pixels.append(result.pixels)
+            self._row_hashes[i] = result.hashes  # type: ignore[assignment]
             if sizes[i] is None and result.width is not None and result.height is not None:
                 sizes[i] = (result.width, result.height)
         if fallback_pixels:
@@ -204,7 +220,7 @@ class DaliDecoder:
         pixels = None
         if tensors:
             pixels = tensors[0] if len(tensors) == 1 else torch.cat(tensors)
-        return DecodedBatch(pixels, rows, sizes, errors)
+        return DecodedBatch(pixels, rows, sizes, errors, [self._row_hashes.get(i) for i in range(n)])
 
 
 def dali_works(geometry: Geometry, device_id: int | None) -> str | None:
@@ -221,7 +237,7 @@ def dali_works(geometry: Geometry, device_id: int | None) -> str | None:
         Image.new("RGB", (320, 240), (200, 30, 30)).save(buf, "JPEG")
         pipe = build_pipeline(geometry, 1, 1, device_id)
         pipe.feed_input("encoded", [np.frombuffer(buf.getvalue(), dtype=np.uint8)])
-        (out,) = pipe.run()
+        out = pipe.run()[0]
         shape = tuple(out.as_tensor().shape())
         del pipe
         if shape != (1, geometry.size, geometry.size, 3):

@@ -47,6 +47,8 @@ CREATE INDEX IF NOT EXISTS images_state ON images(state);
 CREATE TABLE IF NOT EXISTS verdicts(
   sha256 TEXT PRIMARY KEY, keep INTEGER NOT NULL, reason TEXT NOT NULL, top5 TEXT NOT NULL,
   embedding BLOB, model TEXT NOT NULL, created_at REAL);
+CREATE TABLE IF NOT EXISTS image_hashes(
+  sha256 TEXT PRIMARY KEY, hashes BLOB, width INTEGER, height INTEGER, error TEXT, indexed INTEGER);
 CREATE TABLE IF NOT EXISTS progress(
   ts REAL NOT NULL, run_id INTEGER, searched INTEGER, fetched INTEGER, failed INTEGER,
   classified INTEGER, bytes INTEGER);

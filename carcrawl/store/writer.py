@@ -22,6 +22,7 @@ import aiosqlite
 from carcrawl.errors import DiskFullError
 from carcrawl.models import Candidate, Labels, Query, Verdict
 from carcrawl.store.schema import check_and_init
+from carcrawl.urlsafety import refuse
 
 T = TypeVar("T")
 SQLITE_FULL = 13  # sqlite3 result code: "database or disk is full"
@@ -358,10 +359,12 @@ class Store:
         now = time.time()
         lab = _labels(task.labels)
         for rank, c, key in candidates:
+            url, key, refused = refuse(c.url, key)
             self._write(
                 _SQL_INSERT_CANDIDATE,
-                (c.url, key, c.source, task.query_id, page, rank, c.title, c.page_url, c.thumbnail_url,
-                 c.width, c.height, c.license, c.license_url, c.creator, c.attribution, *lab, now),
+                (url, key, c.source, task.query_id, page, rank, c.title, c.page_url, c.thumbnail_url,
+                 c.width, c.height, c.license, c.license_url, c.creator, c.attribution, *lab, now,
+                 "failed" if refused else "pending", refused),
             )
         self._write(
             _SQL_UPDATE_SEARCH,
@@ -371,10 +374,11 @@ class Store:
     # -- candidates ----------------------------------------------------------------------------
 
     def add_url_candidate(self, url: str, key: str, labels: Labels, source: str = "urls", rank: int = 0) -> None:
+        url, key, refused = refuse(url, key)
         self._write(
             _SQL_INSERT_CANDIDATE,
             (url, key, source, None, None, rank, None, None, None, None, None, None, None, None, None,
-             *_labels(labels), time.time()),
+             *_labels(labels), time.time(), "failed" if refused else "pending", refused),
         )
 
     async def next_candidates(self, after_id: int, limit: int) -> list[DownloadTask]:
@@ -415,6 +419,8 @@ class Store:
         for v in verdicts:
             top5 = json.dumps([[p.label, round(p.score, 5), p.index] for p in v.top5])
             self._write(_SQL_INSERT_VERDICT, (v.sha256, int(v.keep), v.reason, top5, v.embedding, v.model, now))
+            if v.hashes is not None:  # decoded once: export will not decode this image again
+                self._write(_SQL_INSERT_HASHES, (v.sha256, v.hashes, v.width, v.height))
             self._write(
                 _SQL_IMAGE_CLASSIFIED,
                 ("done" if v.keep else "rejected", v.reason, v.width, v.height, v.sha256),
@@ -470,7 +476,8 @@ _SQL_UPDATE_SEARCH = (
 _SQL_INSERT_CANDIDATE = (
     "INSERT OR IGNORE INTO candidates(url, url_key, source, query_id, page, rank, title, page_url,"
     " thumbnail_url, width, height, license, license_url, creator, attribution,"
-    " make, model, color, body_type, category, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    " make, model, color, body_type, category, updated_at, state, reason)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 _SQL_CANDIDATES_IN_FLIGHT = "UPDATE candidates SET state='in_flight' WHERE state='pending' AND id>? AND id<=?"
 _SQL_INSERT_IMAGE = (
@@ -484,6 +491,7 @@ _SQL_INSERT_VERDICT = (
     "INSERT OR REPLACE INTO verdicts(sha256, keep, reason, top5, embedding, model, created_at)"
     " VALUES (?,?,?,?,?,?,?)"
 )
+_SQL_INSERT_HASHES = "INSERT OR REPLACE INTO image_hashes(sha256, hashes, width, height) VALUES (?,?,?,?)"
 _SQL_IMAGE_CLASSIFIED = (
     "UPDATE images SET state=?, reason=?, width=coalesce(?, width), height=coalesce(?, height) WHERE sha256=?"
 )
