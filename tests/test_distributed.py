@@ -197,3 +197,26 @@ def test_ctrl_c_to_the_driver_drains_every_worker_and_the_same_command_resumes(t
         assert result.state == "done"
     assert _candidates(out) == _candidates(ref)
     assert _one_dataset(out) == image_shas(ref)
+
+
+def test_a_killed_worker_is_run_again_by_ray_and_its_shard_resumes(tmp_path: Path, ray_cluster: str) -> None:
+    n = 1200
+    with sandbox_in_thread(photos=IMAGES, hosts=8, latency_ms=(5, 20), fault_rate=0.0) as sb:
+        urls = tmp_path / "urls.txt"
+        urls.write_text("\n".join(sb.image_urls(n)) + "\n")
+        config = tmp_path / "c.toml"
+        config.write_text(CONFIG)
+        out = tmp_path / "out"
+        cmd = [*_fetch_cmd(urls, out, config, "--ray", ray_cluster, "--workers", "2"), "--json"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+        _shards_started(out, proc)
+        pid_files = sorted((out / "shards").glob("*/worker.pid"))
+        assert pid_files, "no shard wrote its worker's pid"
+        victim = int(pid_files[0].read_text())
+        os.kill(victim, signal.SIGKILL)  # the worker process dies mid-crawl, as on a lost node
+        stdout, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-3000:]
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["state"] == "done"
+    assert summary["status"]["candidates"]["by_state"] == {"done": n}
+    assert len(_one_dataset(out)) == summary["status"]["images"]["by_state"]["done"]

@@ -21,6 +21,7 @@ from typing import Any
 from carcrawl.config import Settings
 
 STOP_POLL_S = 0.2
+PID_FILE = "worker.pid"
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,9 @@ def run_shard(settings: Settings, shard: int, command: str, stop: Path) -> Shard
     from carcrawl.pipeline import Job, Pipeline
 
     logging.basicConfig(level=logging.WARNING, format=f"%(levelname)s shard {shard} %(name)s: %(message)s")
+    out = settings.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / PID_FILE).write_text(f"{os.getpid()}\n")  # which process runs this shard (operators, tests)
     pipeline = Pipeline(settings, Job(fingerprint="shard"), command=f"{command} (shard {shard})")
 
     async def go() -> Any:
