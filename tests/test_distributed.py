@@ -220,3 +220,33 @@ def test_a_killed_worker_is_run_again_by_ray_and_its_shard_resumes(tmp_path: Pat
     assert summary["state"] == "done"
     assert summary["status"]["candidates"]["by_state"] == {"done": n}
     assert len(_one_dataset(out)) == summary["status"]["images"]["by_state"]["done"]
+
+
+def test_crawl_searches_once_in_the_driver_and_ends_like_one_process(tmp_path: Path, ray_cluster: str) -> None:
+    with sandbox_in_thread(photos=IMAGES, hosts=8, latency_ms=(2, 10), fault_rate=0.0, results_per_query=30) as sb:
+        config = tmp_path / "c.toml"
+        config.write_text(
+            CONFIG.replace("[download]", 'sources = ["bing", "openverse"]\nper_query = 60\n[download]')
+            + "".join(f'[engines.{e}]\nbase_url = "{sb.engine_url(e)}"\nrate = 20.0\n' for e in ("bing", "openverse"))
+        )
+        runs = {}
+        for name, extra in (("one", ()), ("sharded", ("--ray", ray_cluster, "--workers", "2"))):
+            out = tmp_path / name
+            r = subprocess.run([*carcrawl_cmd(), "crawl", "--out", str(out), "--config", str(config), "--max-queries",
+                                "6", "--no-classify", "--json", *extra], capture_output=True, text=True, env=ENV,
+                               timeout=240)
+            assert r.returncode == 0, r.stderr[-3000:]
+            runs[name] = json.loads(r.stdout.strip().splitlines()[-1])
+            if name == "sharded":
+                # the engines saw one searcher: the driver, within each engine's rate
+                for engine in ("bing", "openverse"):
+                    starts = sorted(a.start for a in sb.access_log.requests(engine))
+                    assert len(starts) >= 6, engine
+                    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+                    assert min(gaps) >= 0.6 / 20.0, engine  # rate 20/s, burst 1
+            sb.access_log.clear()
+    st = runs["sharded"]["status"]
+    assert st["searches"]["by_state"] == runs["one"]["status"]["searches"]["by_state"] == {"done": 12}
+    assert runs["sharded"]["stats"]["counts"]["search_requests"] == runs["one"]["stats"]["counts"]["search_requests"]
+    assert _candidates(tmp_path / "sharded") == _candidates(tmp_path / "one")
+    assert _one_dataset(tmp_path / "sharded") == image_shas(tmp_path / "one")
