@@ -53,7 +53,7 @@ def fold(raw: Path) -> tuple[int, collections.Counter[str], collections.Counter[
 
 
 def _short(frame: str) -> str:
-    """``fetch_image (carcrawl/net.py:321)`` -> ``fetch_image (carcrawl/net.py)`` (lines vary)."""
+    """``fetch_image (carcrawl/net/client.py:321)`` -> ``fetch_image (carcrawl/net/client.py)`` (lines vary)."""
     name, _, where = frame.partition(" (")
     path = where.rsplit(":", 1)[0]
     for marker in ("site-packages/", "carcrawl/", "lib/python3"):

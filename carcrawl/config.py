@@ -50,7 +50,9 @@ def _default_engines() -> dict[str, EngineSettings]:
 class CrawlSettings:
     out: str = "out"  # output folder: checkpoint, images/, export/
     checkpoint: str = ""  # "" = <out>/checkpoint.sqlite
-    sources: list[str] = field(default_factory=lambda: ["bing"])
+    # several engines make a better dataset than one (the original crawl's lesson): different
+    # photos, fewer shared biases; each has its own token bucket, so they search in parallel
+    sources: list[str] = field(default_factory=lambda: ["bing", "duckduckgo", "openverse", "wikimedia"])
     per_query: int = 100  # candidate URLs wanted per query, split across the sources
     catalog: str = ""  # "" = the shipped catalogue (1 046 make/model pairs)
     colors: str = ""  # "" = the shipped colour list; else a file with one colour a line
@@ -59,6 +61,8 @@ class CrawlSettings:
     color_filter: list[str] = field(default_factory=list)
     query_template: str = "{color} {make} {model}"
     max_queries: int = 0  # 0 = no limit
+    max_images: int = 0  # stop once this many images are stored (0 = no cap)
+    per_class: int = 0  # at most this many images per make/model (or category) class (0 = no quota)
     user_agent: str = "carcrawl/0.1 (dataset crawler; +https://github.com/carcrawl/carcrawl)"
     contact: str = ""  # an e-mail or URL appended to the User-Agent; Wikimedia asks for one
     allow_networks: list[str] = field(default_factory=list)  # CIDRs exempt from the SSRF guard
@@ -77,6 +81,8 @@ class DownloadSettings:
     max_retries: int = 3  # for 429/503/timeouts/resets
     backoff_base: float = 1.0  # seconds; doubles each try, with jitter
     backoff_max: float = 600.0
+    max_retry_after: float = 600.0  # longest Retry-After honoured; beyond it the host is given up for the run
+    robots_retry: float = 300.0  # a robots.txt answering 5xx or not at all disallows its host this long
     max_bytes: int = 20_000_000  # body size cap
     min_bytes: int = 100  # smaller bodies are rejected (tracking pixels, empty files)
     respect_robots: bool = True
@@ -227,8 +233,8 @@ _POSITIVE = {
 }
 _NON_NEGATIVE = {
     "per_host_interval", "connect_timeout", "read_timeout", "total_timeout", "max_redirects",
-    "max_retries", "backoff_base", "backoff_max", "min_bytes", "batch_timeout", "threads",
-    "commit_interval", "max_queries", "block_backoff", "fault_rate", "seed",
+    "max_retries", "backoff_base", "backoff_max", "max_retry_after", "robots_retry", "min_bytes", "batch_timeout",
+    "threads", "commit_interval", "max_queries", "block_backoff", "fault_rate", "seed", "max_images", "per_class",
 }
 
 
@@ -291,7 +297,8 @@ def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | No
             settings = _build(Settings, nested, "", settings)
         except ConfigError as e:
             raise ConfigError(f"command line: {e}") from None
-    _check_sources(settings, "command line: " if path is None else f"{path}: ")
+    from_cli = bool(overrides) and overrides.get("crawl.sources") is not None
+    _check_sources(settings, "command line (--sources): " if from_cli else "command line: " if path is None else f"{path}: ")
     return settings
 
 

@@ -122,3 +122,4 @@ class Verdict:
     height: int | None = None
     embedding: bytes | None = None  # float16 little-endian, penultimate layer
     model: str = ""
+    hashes: bytes | None = None  # perceptual hashes of the decoded picture (phash.to_blob)

@@ -201,6 +201,7 @@ class Classifier:
                     height=size[1] if size else None,
                     embedding=embeddings[j].tobytes() if embeddings is not None else None,
                     model=model,
+                    hashes=batch.hashes[row] if row < len(batch.hashes) else None,
                 )
         out: list[Verdict] = []
         for i, v in enumerate(verdicts):

@@ -3,8 +3,10 @@
 One pipeline: ``fn.external_source`` (the batch's encoded bytes) -> ``fn.decoders.image``
 (``device="mixed"``: nvJPEG / the hardware JPEG decoder, or ``"cpu"``: libjpeg-turbo with
 ``device_id=None``) -> resize the shorter side (the longer side capped by ``max_size``) ->
-``crop_mirror_normalize`` centre crop, uint8 HWC. The model normalises on its own device, so the
-decoders of every path hand over the same thing. On the GPU the output is copied device-to-device
+``crop_mirror_normalize`` centre crop, uint8 HWC. A second output, the full picture in grey
+squeezed to ``phash.HASH_SIDE`` pixels square, gives the perceptual hashes (computed on the CPU
+from that small picture). The model normalises on its own device, so the decoders of every path
+hand over the same thing. On the GPU the output is copied device-to-device
 into a tensor allocated for that run (torch's caching allocator makes that cheap), so two batches
 in flight never share, and never overwrite, an output buffer.
 
@@ -36,6 +38,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from carcrawl.classify.decode import (
     DecodedBatch,
@@ -44,6 +47,7 @@ from carcrawl.classify.decode import (
     PillowDecoder,
     peek,
 )
+from carcrawl.phash import HASH_SIDE, picture_hashes, to_blob
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +100,12 @@ def build_pipeline(geometry: Geometry, batch_size: int, threads: int, device_id:
     @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=device_id, prefetch_queue_depth=1)
     def pipeline() -> Any:
         encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
-        images = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.RGB)
+        decoded = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.RGB)
         images = fn.resize(
-            images, resize_shorter=geometry.resize, max_size=geometry.resize * MAX_ASPECT,
+            decoded, resize_shorter=geometry.resize, max_size=geometry.resize * MAX_ASPECT,
             interp_type=types.INTERP_LINEAR, antialias=True,
         )
-        return fn.crop_mirror_normalize(
+        crops = fn.crop_mirror_normalize(
             images,
             crop=(geometry.size, geometry.size),
             crop_pos_x=0.5,
@@ -110,6 +114,9 @@ def build_pipeline(geometry: Geometry, batch_size: int, threads: int, device_id:
             output_layout="HWC",
             out_of_bounds_policy="pad",  # a capped strip is thinner than the crop: pad, do not fail
         )
+        grey = fn.color_space_conversion(decoded, image_type=types.RGB, output_type=types.GRAY)
+        picture = fn.resize(grey, size=(HASH_SIDE, HASH_SIDE), interp_type=types.INTERP_LINEAR, antialias=True)
+        return crops, picture
 
     pipe = pipeline()
     pipe.build()
@@ -145,6 +152,8 @@ class DaliDecoder:
         self.pipe = build_pipeline(geometry, batch_size, threads, device_id)
         self.isolated = 0  # samples that failed inside a DALI batch (for tests and logs)
         self.rebuilds = 0  # pipelines rebuilt after a failed run
+        self._hashes: list[bytes] = []  # perceptual hashes of the last run's samples
+        self._row_hashes: dict[int, bytes] = {}  # input row -> hashes, for the batch being decoded
 
     # -- one DALI run ------------------------------------------------------------------------
     def _rebuild(self) -> None:
@@ -160,7 +169,9 @@ class DaliDecoder:
         import torch
 
         self.pipe.feed_input("encoded", list(blobs))
-        (out,) = self.pipe.run()
+        out, picture = self.pipe.run()
+        pictures = (picture if self.device_id is None else picture.as_cpu()).as_array()
+        self._hashes = [to_blob(picture_hashes(Image.fromarray(p[:, :, 0], "L"))) for p in pictures]
         if self.device_id is None:
             return torch.from_numpy(out.as_array())  # as_array copies out of DALI's buffer
         from nvidia.dali.plugin.pytorch import feed_ndarray
@@ -172,10 +183,12 @@ class DaliDecoder:
         return feed_ndarray(out.as_tensor(), target, cuda_stream=torch.cuda.current_stream(device))
 
     def _run_isolating(self, rows: list[int], blobs: Sequence[np.ndarray]) -> tuple[list[int], list[Any], list[int]]:
-        """Run; when DALI fails the batch, rebuild the pipeline and bisect.
-        Returns (rows decoded, tensors, rows failed)."""
+        """Run; when DALI fails the batch, rebuild the pipeline and bisect. Returns (rows decoded,
+        tensors, rows failed); the hashes of the rows decoded go into ``self._row_hashes``."""
         try:
-            return rows, [self._run(blobs)], []
+            tensor = self._run(blobs)
+            self._row_hashes.update(zip(rows, self._hashes, strict=True))
+            return rows, [tensor], []
         except Exception as e:  # DALI raises RuntimeError for the whole batch
             self._rebuild()
             if len(rows) == 1:
@@ -201,6 +214,7 @@ class DaliDecoder:
         errors: list[str | None] = [None] * n
         dali_rows: list[int] = []
         pillow_rows: list[int] = []
+        self._row_hashes = {}
         for i, (header, to_dali) in enumerate(plan):
             if header.width is not None and header.height is not None:
                 sizes[i] = (header.width, header.height)
@@ -228,6 +242,7 @@ class DaliDecoder:
                 continue
             rows.append(i)
             fallback_pixels.append(result.pixels)
+            self._row_hashes[i] = result.hashes  # type: ignore[assignment]
             if sizes[i] is None and result.width is not None and result.height is not None:
                 sizes[i] = (result.width, result.height)
         if fallback_pixels:
@@ -235,7 +250,7 @@ class DaliDecoder:
         pixels = None
         if tensors:
             pixels = tensors[0] if len(tensors) == 1 else torch.cat(tensors)
-        return DecodedBatch(pixels, rows, sizes, errors)
+        return DecodedBatch(pixels, rows, sizes, errors, [self._row_hashes.get(i) for i in range(n)])
 
 
 def dali_works(geometry: Geometry, device_id: int | None) -> str | None:
@@ -252,7 +267,7 @@ def dali_works(geometry: Geometry, device_id: int | None) -> str | None:
         Image.new("RGB", (320, 240), (200, 30, 30)).save(buf, "JPEG")
         pipe = build_pipeline(geometry, 1, 1, device_id)
         pipe.feed_input("encoded", [np.frombuffer(buf.getvalue(), dtype=np.uint8)])
-        (out,) = pipe.run()
+        out = pipe.run()[0]
         shape = tuple(out.as_tensor().shape())
         del pipe
         if shape != (1, geometry.size, geometry.size, 3):

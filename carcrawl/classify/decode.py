@@ -3,7 +3,8 @@
 Every decoder returns a :class:`DecodedBatch`: the pixels of the images that decoded, as one
 uint8 NHWC tensor (N x size x size x 3, on the CPU or the GPU), which rows they were, and for
 every input either its width/height or the reason it failed (``decode_error``,
-``too_many_pixels``). The geometry matches torchvision's eval transform (resize the shorter side to
+``too_many_pixels``), and the perceptual hashes of every decoded input's full picture (``phash``;
+taken before the crop, so export never decodes a classified image again). The geometry matches torchvision's eval transform (resize the shorter side to
 ``resize``, centre-crop ``size``), done in one resampling step.
 
 Only Pillow and numpy are imported here; the DALI decoders live in ``dali.py``. torch is imported
@@ -17,11 +18,13 @@ import math
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from carcrawl.phash import picture_hashes, to_blob
 
 if TYPE_CHECKING:
     import torch
@@ -53,6 +56,7 @@ class Decoded:
     width: int | None = None
     height: int | None = None
     error: str | None = None
+    hashes: bytes | None = None  # perceptual hashes of the full picture (phash.to_blob)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +76,14 @@ class DecodedBatch:
     """The decoded images of one batch.
 
     ``pixels[j]`` belongs to input ``rows[j]``; ``sizes[i]`` is input i's (width, height) or
-    None; ``errors[i]`` is None or input i's reason. ``pixels`` is None when nothing decoded."""
+    None; ``errors[i]`` is None or input i's reason; ``hashes[i]`` input i's perceptual hashes
+    or None. ``pixels`` is None when nothing decoded."""
 
     pixels: torch.Tensor | None
     rows: list[int]
     sizes: list[tuple[int, int] | None]
     errors: list[str | None]
+    hashes: list[bytes | None] = field(default_factory=list)
 
 
 def _orientation(img: Image.Image) -> int:
@@ -158,6 +164,7 @@ def decode_pillow(data: bytes, geometry: Geometry, max_pixels: int) -> Decoded:
         img.load()
         img = ImageOps.exif_transpose(img) or img
         img = _to_rgb(img)
+        hashes = to_blob(picture_hashes(img.convert("L")))  # the full picture, before the crop
         box = center_crop_box(img.size[0], img.size[1], geometry)
         img = img.resize(
             (geometry.size, geometry.size), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0
@@ -167,7 +174,7 @@ def decode_pillow(data: bytes, geometry: Geometry, max_pixels: int) -> Decoded:
             return Decoded(None, header.width, header.height, DECODE_ERROR)
     except Exception:  # truncated, corrupt, unsupported sub-format, ...: this image only
         return Decoded(None, header.width, header.height, DECODE_ERROR)
-    return Decoded(pixels, header.width, header.height)
+    return Decoded(pixels, header.width, header.height, hashes=hashes)
 
 
 def assemble(results: Sequence[Decoded], out: np.ndarray | None = None) -> DecodedBatch:
@@ -182,7 +189,7 @@ def assemble(results: Sequence[Decoded], out: np.ndarray | None = None) -> Decod
     sizes: list[tuple[int, int] | None] = [
         (r.width, r.height) if r.width is not None and r.height is not None else None for r in results
     ]
-    return DecodedBatch(pixels, rows, sizes, [r.error for r in results])
+    return DecodedBatch(pixels, rows, sizes, [r.error for r in results], [r.hashes for r in results])
 
 
 class PillowDecoder:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from carcrawl.phash import N_VARIANTS, image_hashes, to_blob
 from carcrawl.store.dataset import DatasetDB, DedupMember
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,6 @@ HASH_NEAR = 16  # bits of 128 (dHash + pHash): at or under = near-duplicate
 HASH_LOOSE = 26  # bits: near-duplicate only if the embeddings agree (>= COS_CONFIRM)
 COS_CONFIRM = 0.93
 COS_VETO = 0.80
-N_VARIANTS = 6  # whole picture + centre crop + four corner crops
-CROP = 0.9
 BLOCK = 256  # rows per block of the all-pairs distance computation
 
 #: lower = cleaner: sources that carry licence data and original files first
@@ -56,59 +55,6 @@ class DedupResult:
     def __str__(self) -> str:
         return (f"near-duplicates: {self.duplicates} images in {self.clusters} clusters rejected as copies "
                 f"({self.images} images checked, {self.hashed} newly hashed, {self.unreadable} unreadable)")
-
-
-def _dct_matrix(n: int) -> np.ndarray:
-    k = np.arange(n)[:, None]
-    x = np.arange(n)[None, :]
-    m = np.cos(np.pi * (2 * x + 1) * k / (2 * n))
-    m[0] *= 1 / np.sqrt(2)
-    return (m * np.sqrt(2 / n)).astype(np.float32)
-
-
-_DCT32 = _dct_matrix(32)
-_BITS = (1 << np.arange(63, -1, -1, dtype=np.uint64)).astype(np.uint64)
-
-
-def _pack(bits: np.ndarray) -> int:
-    return int((bits.astype(np.uint64) * _BITS).sum(dtype=np.uint64))
-
-
-def _dhash(gray: object) -> int:
-    from PIL import Image
-
-    a = np.asarray(gray.resize((9, 8), Image.Resampling.BOX), dtype=np.int16)  # type: ignore[attr-defined]
-    return _pack((a[:, 1:] > a[:, :-1]).ravel())
-
-
-def _phash(gray: object) -> int:
-    from PIL import Image
-
-    a = np.asarray(gray.resize((32, 32), Image.Resampling.BOX), dtype=np.float32)  # type: ignore[attr-defined]
-    low = (_DCT32 @ a @ _DCT32.T)[:8, :8].ravel()
-    return _pack(low > np.median(low[1:]))
-
-
-def image_hashes(data_or_path: bytes | str | Path) -> tuple[np.ndarray, int, int]:
-    """(12 uint64 hashes: dHash x 6 variants then pHash x 6, width, height) of one image. Raises
-    ``OSError``/``ValueError`` (from Pillow) when the image cannot be decoded."""
-    import io
-
-    from PIL import Image, ImageOps
-
-    src = io.BytesIO(data_or_path) if isinstance(data_or_path, bytes) else data_or_path
-    with Image.open(src) as im:
-        width, height = im.size
-        im.draft("L", (160, 160))  # JPEG: decode at 1/2..1/8 scale, much faster
-        gray = ImageOps.exif_transpose(im).convert("L")
-        if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
-            width, height = height, width
-    w, h = gray.size
-    cw, ch = max(1, int(w * CROP)), max(1, int(h * CROP))
-    boxes = [((w - cw) // 2, (h - ch) // 2), (0, 0), (w - cw, 0), (0, h - ch), (w - cw, h - ch)]
-    views = [gray] + [gray.crop((x, y, x + cw, y + ch)) for x, y in boxes]
-    hashes = [_dhash(v) for v in views] + [_phash(v) for v in views]
-    return np.array(hashes, dtype=np.uint64), width, height
 
 
 def pair_distances(hashes: np.ndarray) -> list[tuple[int, int, int]]:
@@ -190,7 +136,7 @@ def _hash_missing(db: DatasetDB, members: list[DedupMember]) -> tuple[int, int]:
     def one(m: DedupMember) -> tuple[str, bytes | None, int | None, int | None, str | None]:
         try:
             h, w, ht = image_hashes(out_dir / m.path)
-            return (m.sha256, h.astype("<u8").tobytes(), w, ht, None)
+            return (m.sha256, to_blob(h), w, ht, None)
         except Exception as e:  # noqa: BLE001 - a broken image is recorded, never a crash
             return (m.sha256, None, None, None, f"{type(e).__name__}: {e}"[:200])
 

@@ -1,303 +1,32 @@
-"""The network layer: the only module that touches aiohttp.
-
-Politeness is part of it, not a sleep in a loop: a per-host limiter (concurrency cap and a
-minimum interval between request starts), robots.txt cached per host, ``X-Robots-Tag: noai``,
-``Retry-After``, an honest User-Agent. Safety too: every hop of every request is checked against
-an address guard (after DNS resolution, and for literal IPs) so a URL a stranger chose cannot
-reach this machine's loopback, private network or cloud metadata service; redirects are followed
-by hand so each hop is checked and counted. Bodies are streamed, size-capped, decompressed with a
-bounded inflater (gzip bombs), and magic-number checked on the first bytes, aborting at once when
-the body is not an image. Failures come back as values (:class:`~carcrawl.models.Failure`).
-"""
+"""The HTTP client: one shared aiohttp session for the crawl, redirects followed by hand (each
+hop guarded and counted), bodies streamed, size-capped, decompressed with a bounded inflater (gzip
+bombs) and magic-number checked on the first bytes, aborting at once when the body is not an
+image. Failures come back as values (:class:`~carcrawl.models.Failure`)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import email.utils
-import ipaddress
-import math
-import random
 import socket
 import ssl
-import time
-import urllib.robotparser
 import zlib
-from collections import OrderedDict
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
 
 from carcrawl.config import DownloadSettings
 from carcrawl.magic import SNIFF_BYTES, STORED_FORMATS, describe_non_image, sniff_image
 from carcrawl.models import Failure, Fetched, HttpRequest
+from carcrawl.net.guard import AddressGuard, BlockedAddressError, GuardedResolver, literal_ip
+from carcrawl.net.politeness import HostLimiter, Lease, parse_retry_after
+from carcrawl.net.robots import ROBOTS_UNAVAILABLE, RobotsCache
 
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 RETRYABLE_CODES = frozenset({408, 425, 429, 500, 502, 503, 504})
+#: answers that say the host is overloaded: they pause the whole host
+OVERLOAD_REASONS = frozenset({"http_429", "http_503"})
+RETRY_AFTER_TOO_LONG = "retry_after_too_long"
 _IMAGE_ACCEPT = {"Accept": "image/avif,image/webp,image/*,*/*;q=0.5"}
-
-
-# ------------------------------------------------------------------------------------------------
-# address guard (SSRF)
-
-
-class BlockedAddressError(OSError):
-    """Raised by the resolver when every address of a host is in a blocked range."""
-
-
-class AddressGuard:
-    """Refuses loopback, private, link-local, multicast, reserved and other non-global targets,
-    except networks the user (or the sandbox) allowed explicitly."""
-
-    def __init__(self, allow_networks: list[str] | tuple[str, ...] = ()):
-        self.allowed = tuple(ipaddress.ip_network(n, strict=False) for n in allow_networks)
-
-    def is_blocked(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address.split("%", 1)[0])
-        except ValueError:
-            return True
-        if isinstance(ip, ipaddress.IPv6Address):
-            if ip.ipv4_mapped is not None:
-                ip = ip.ipv4_mapped
-            elif ip.sixtofour is not None:
-                ip = ip.sixtofour
-        if any(ip in net for net in self.allowed):
-            return False
-        return (
-            not ip.is_global
-            or ip.is_multicast
-            or ip.is_reserved
-            or ip.is_unspecified
-            or ip.is_loopback
-            or ip.is_link_local
-            or ip.is_private
-        )
-
-
-class GuardedResolver(AbstractResolver):
-    """Wraps aiohttp's resolver and drops blocked addresses; all blocked → BlockedAddressError.
-
-    Checking after resolution (not on the name) is what stops DNS names that point at 127.0.0.1."""
-
-    def __init__(self, guard: AddressGuard):
-        self._inner = aiohttp.ThreadedResolver()
-        self._guard = guard
-
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        allowed = [r for r in results if not self._guard.is_blocked(r["host"])]
-        if not allowed:
-            raise BlockedAddressError(f"{host} resolves only to blocked addresses")
-        return allowed
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-
-def _literal_ip(host: str) -> str | None:
-    """The address a host that is an IP literal names, or ``None`` for a name. Also the legacy
-    IPv4 spellings C libraries accept (``2130706433``, ``0177.0.0.1``, ``0x7f.1``, ``127.1``), so
-    they are refused as ``blocked_address`` like the dotted form, not let through to a parser."""
-    h = host.strip("[]").rstrip(".")
-    try:
-        ipaddress.ip_address(h.split("%", 1)[0])
-    except ValueError:
-        pass
-    else:
-        return h
-    if h[:1].isdigit() and all(c in "0123456789abcdefxABCDEFX." for c in h):
-        try:
-            return socket.inet_ntoa(socket.inet_aton(h))
-        except OSError:
-            return None
-    return None
-
-
-# ------------------------------------------------------------------------------------------------
-# politeness
-
-
-class HostLimiter:
-    """Per host: at most ``cap`` transfers at once, request starts at least ``interval`` apart.
-
-    A download *leases* its host for the whole transfer (that is the concurrency cap); each request
-    it makes (robots.txt, each redirect hop) is *paced* (that is the interval). State for idle hosts
-    is dropped, so a crawl over a million hosts keeps only the active ones in memory."""
-
-    def __init__(self, cap: int, interval: float):
-        self.cap = cap
-        self.interval = interval
-        self._active: dict[str, int] = {}
-        self._next: dict[str, float] = {}
-        self._changed = asyncio.Event()
-
-    def try_lease(self, host: str) -> float:
-        """Lease ``host`` now and return 0.0, or return how long to wait (``inf``: at its cap)."""
-        if self._active.get(host, 0) >= self.cap:
-            return math.inf
-        now = time.monotonic()
-        wait = self._next.get(host, 0.0) - now
-        if wait > 0:
-            return wait
-        self._active[host] = self._active.get(host, 0) + 1
-        self._next[host] = now + self.interval
-        return 0.0
-
-    async def lease(self, host: str) -> None:
-        while (wait := self.try_lease(host)) > 0:
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), min(wait, 1.0))
-
-    async def pace(self, host: str) -> None:
-        """Wait until ``host`` may see another request start (caller holds a lease)."""
-        while (wait := self._next.get(host, 0.0) - time.monotonic()) > 0:
-            await asyncio.sleep(wait)
-        self._next[host] = time.monotonic() + self.interval
-
-    def release(self, host: str) -> None:
-        n = self._active.get(host, 0) - 1
-        if n > 0:
-            self._active[host] = n
-        else:
-            self._active.pop(host, None)
-            if self._next.get(host, 0.0) <= time.monotonic():
-                self._next.pop(host, None)
-        if len(self._next) > 4 * max(len(self._active), 1024):
-            now = time.monotonic()
-            for h in [h for h, t in self._next.items() if t <= now and h not in self._active]:
-                del self._next[h]
-        self._changed.set()
-
-
-class Lease:
-    """A download's hold on one host: the lease itself counted as the first request start; every
-    later request under it (after robots.txt, a redirect to the same host) waits for the interval."""
-
-    __slots__ = ("limiter", "host", "fresh")
-
-    def __init__(self, limiter: HostLimiter, host: str):
-        self.limiter = limiter
-        self.host = host
-        self.fresh = True
-
-    async def before_request(self) -> None:
-        if self.fresh:
-            self.fresh = False
-        else:
-            await self.limiter.pace(self.host)
-
-    def release(self) -> None:
-        self.limiter.release(self.host)
-
-
-class TokenBucket:
-    """Requests per second with a burst, plus jitter; used for search engines, which punish bursts.
-    ``pause(seconds)`` stops the whole bucket (a block page backs off the entire engine)."""
-
-    def __init__(self, rate: float, burst: int = 1, jitter: float = 0.2):
-        self.rate = rate
-        self.capacity = float(burst)
-        self.tokens = float(burst)
-        self.jitter = jitter
-        self.updated = time.monotonic()
-        self.paused_until = 0.0
-        self._lock = asyncio.Lock()
-
-    def pause(self, seconds: float) -> None:
-        self.paused_until = max(self.paused_until, time.monotonic() + seconds)
-        self.tokens = 0.0
-
-    async def acquire(self) -> None:
-        async with self._lock:
-            while True:
-                now = time.monotonic()
-                if now < self.paused_until:
-                    await asyncio.sleep(self.paused_until - now)
-                    continue
-                self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-                self.updated = now
-                if self.tokens >= 1.0:
-                    self.tokens -= 1.0
-                    return
-                wait = (1.0 - self.tokens) / self.rate
-                await asyncio.sleep(wait * (1.0 + random.uniform(0, self.jitter)))
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP-date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | None = None) -> float:
-    """Exponential backoff with full jitter, never shorter than the server's Retry-After."""
-    delay = random.uniform(0, min(cap, base * (2**attempt)))
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, cap))
-    return delay
-
-
-class RobotsCache:
-    """robots.txt per scheme+host, fetched once (concurrent askers share the fetch), LRU-bounded.
-
-    A missing or broken robots.txt allows everything (RFC 9309 treats 4xx as allow-all); a
-    5xx or an unreachable one also allows, since images are rarely worth less than that risk."""
-
-    def __init__(self, client: HttpClient, agent: str, size: int = 20_000):
-        self.client = client
-        self.agent = agent
-        self.size = size
-        self._cache: OrderedDict[str, urllib.robotparser.RobotFileParser | None] = OrderedDict()
-        self._inflight: dict[str, asyncio.Future[urllib.robotparser.RobotFileParser | None]] = {}
-
-    async def allowed(self, url: str, lease: Lease | None) -> bool:
-        parts = urlsplit(url)
-        key = f"{parts.scheme}://{parts.netloc}"
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            parser = self._cache[key]
-        elif key in self._inflight:
-            parser = await self._inflight[key]
-        else:
-            fut: asyncio.Future[urllib.robotparser.RobotFileParser | None] = asyncio.get_running_loop().create_future()
-            self._inflight[key] = fut
-            try:
-                parser = await self._fetch(key + "/robots.txt", lease)
-            except Exception:  # noqa: BLE001 - any failure means "no rules"
-                parser = None
-            finally:
-                del self._inflight[key]
-            fut.set_result(parser)
-            self._cache[key] = parser
-            if len(self._cache) > self.size:
-                self._cache.popitem(last=False)
-        return True if parser is None else parser.can_fetch(self.agent, url)
-
-    async def _fetch(self, url: str, lease: Lease | None) -> urllib.robotparser.RobotFileParser | None:
-        resp = await self.client.get_small(url, max_bytes=512_000, lease=lease)
-        if resp is None or resp.status >= 400:
-            return None
-        parser = urllib.robotparser.RobotFileParser()
-        parser.parse(resp.body.decode("utf-8", "replace").splitlines())
-        return parser
-
-
-# ------------------------------------------------------------------------------------------------
-# the client
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,7 +63,7 @@ class HttpClient:
         self.user_agent = user_agent
         self.guard = AddressGuard(allow_networks)
         self.hosts = HostLimiter(settings.per_host_concurrency, settings.per_host_interval)
-        self.robots = RobotsCache(self, agent=user_agent.split("/", 1)[0] or "carcrawl")
+        self.robots = RobotsCache(self, agent=user_agent.split("/", 1)[0] or "carcrawl", retry_after=settings.robots_retry)
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> HttpClient:
@@ -386,16 +115,24 @@ class HttpClient:
             for _hop in range(s.max_redirects + 1):
                 self._check_url(current)
                 host = host_key(current)
+                if (why := self.hosts.given_up(host)) is not None:
+                    raise _Abort(why)
                 if lease is None or lease.host != host:
                     if lease is not None:
                         lease.release()
                         lease = None
                     await self.hosts.lease(host)
                     lease = Lease(self.hosts, host)
-                if s.respect_robots and not await self.robots.allowed(current, lease):
-                    raise _Abort("robots_disallowed")
+                if s.respect_robots and (why := await self.robots.check(current, lease)) is not None:
+                    raise _Abort(why, terminal=why != ROBOTS_UNAVAILABLE)
                 await lease.before_request()
-                result = await self._get_image(candidate_id, url, current)
+                try:
+                    result = await self._get_image(candidate_id, url, current)
+                except _Abort as a:
+                    if a.reason in OVERLOAD_REASONS:
+                        self._overloaded(host, a)
+                    raise
+                self.hosts.answered(host)
                 if not isinstance(result, str):
                     return result
                 seen.add(current)
@@ -412,11 +149,21 @@ class HttpClient:
             if lease is not None:
                 lease.release()
 
+    def _overloaded(self, host: str, abort: _Abort) -> None:
+        """429/503: pause the whole host for its Retry-After (or a backoff); a Retry-After longer
+        than ``max_retry_after`` gives the host up for the run, with that reason on its URLs."""
+        s = self.settings
+        if abort.retry_after is not None and abort.retry_after > s.max_retry_after:
+            self.hosts.give_up(host, RETRY_AFTER_TOO_LONG)
+            abort.reason, abort.terminal = RETRY_AFTER_TOO_LONG, True
+            return
+        self.hosts.overloaded(host, abort.retry_after, s.backoff_base, s.backoff_max)
+
     def _check_url(self, url: str) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise _Abort("bad_url")
-        ip = _literal_ip(parts.hostname)
+        ip = literal_ip(parts.hostname)
         if ip is not None and self.guard.is_blocked(ip):
             raise _Abort("blocked_address")
 
@@ -469,12 +216,13 @@ class HttpClient:
         for _ in range(self.settings.max_redirects + 1):
             self._check_url(current)
             host = host_key(current)
-            own = lease is None or lease.host != host
+            own = lease is None
             if own:
                 await self.hosts.lease(host)
-            else:
-                assert lease is not None
+            elif lease is not None and lease.host == host:
                 await lease.before_request()
+            else:  # a redirect to another host under the caller's lease: paced there, not leased
+                await self.hosts.pace(host)
             try:
                 async with self.session.get(current, allow_redirects=False, headers=headers) as resp:
                     if resp.status in REDIRECT_CODES and resp.headers.get("Location"):
@@ -591,5 +339,3 @@ def classify_exception(e: BaseException) -> tuple[str, bool]:
     if isinstance(e, aiohttp.ClientError):
         return f"client_error:{type(e).__name__}", False
     return f"error:{type(e).__name__}", True
-
-

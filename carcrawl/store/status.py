@@ -1,0 +1,114 @@
+"""Synchronous read-only access to a checkpoint: ``carcrawl status`` and the category report
+work while a crawl runs, from another process (WAL)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from carcrawl.errors import CheckpointError
+from carcrawl.store.schema import APPLICATION_ID
+
+
+def open_readonly(path: str | Path) -> sqlite3.Connection:
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p}: no checkpoint here")
+    con = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=10)
+    try:
+        app_id = con.execute("PRAGMA application_id").fetchone()[0]
+    except sqlite3.DatabaseError as e:
+        con.close()
+        raise CheckpointError(f"{p}: not an SQLite database ({e})") from None
+    if app_id != APPLICATION_ID:
+        con.close()
+        raise CheckpointError(f"{p}: not a carcrawl checkpoint")
+    con.row_factory = sqlite3.Row
+    return con
+
+
+# reasons that carry an argument are counted under their prefix (one line, not one per image)
+_REASON_KEY = "CASE WHEN reason LIKE 'near_duplicate_of:%' THEN 'near_duplicate' ELSE reason END"
+
+
+def status_counts(con: sqlite3.Connection) -> dict[str, Any]:
+    """Counts by state and reason for every table, plus rates from the progress log."""
+
+    def grouped(table: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for state, reason, n in con.execute(
+            f"SELECT state, coalesce({_REASON_KEY}, ''), count(*) FROM {table} GROUP BY 1, 2 ORDER BY 3 DESC"
+        ):
+            key = f"{state}:{reason}" if reason else state
+            out[key] = n
+        return out
+
+    def by_state(table: str) -> dict[str, int]:
+        return {s: n for s, n in con.execute(f"SELECT state, count(*) FROM {table} GROUP BY 1")}
+
+    reasons: dict[str, int] = {}
+    for table in ("candidates", "images"):
+        for reason, n in con.execute(
+            f"SELECT {_REASON_KEY}, count(*) FROM {table} WHERE reason IS NOT NULL AND state != 'done' GROUP BY 1"
+        ):
+            reasons[reason] = reasons.get(reason, 0) + n
+    out: dict[str, Any] = {
+        "queries": con.execute("SELECT count(*) FROM queries").fetchone()[0],
+        "searches": {"by_state": by_state("searches"), "by_reason": grouped("searches")},
+        "candidates": {"by_state": by_state("candidates"), "by_reason": grouped("candidates")},
+        "images": {"by_state": by_state("images"), "by_reason": grouped("images")},
+        "reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+        # kept = in the dataset: kept by the classifier and not a near-duplicate an export found
+        # since, so "kept" and the images done agree (those duplicates are counted apart)
+        "kept": con.execute(
+            "SELECT count(*) FROM verdicts v JOIN images i ON i.sha256 = v.sha256"
+            " WHERE v.keep=1 AND coalesce(i.reason, '') NOT LIKE 'near_duplicate_of:%'").fetchone()[0],
+        "kept_duplicates": con.execute(
+            "SELECT count(*) FROM verdicts v JOIN images i ON i.sha256 = v.sha256"
+            " WHERE v.keep=1 AND i.reason LIKE 'near_duplicate_of:%'").fetchone()[0],
+        "rejected_by_classifier": con.execute("SELECT count(*) FROM verdicts WHERE keep=0").fetchone()[0],
+        "stored_bytes": con.execute("SELECT coalesce(sum(bytes), 0) FROM images").fetchone()[0],
+    }
+    run = con.execute("SELECT id, state, started_at, finished_at FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+    if run:
+        out["last_run"] = {"id": run[0], "state": run[1], "started_at": run[2], "finished_at": run[3]}
+        rows = con.execute(
+            "SELECT ts, fetched, failed, classified FROM progress WHERE run_id=? ORDER BY ts", (run[0],)
+        ).fetchall()
+        if len(rows) >= 2 and rows[-1][0] > rows[0][0]:
+            span = rows[-1][0] - rows[0][0]
+            done = (rows[-1][1] + rows[-1][2]) - (rows[0][1] + rows[0][2])
+            rate = done / span
+            pending = out["candidates"]["by_state"].get("pending", 0) + out["candidates"]["by_state"].get("in_flight", 0)
+            out["rate_urls_per_s"] = round(rate, 2)
+            out["rate_classified_per_s"] = round((rows[-1][3] - rows[0][3]) / span, 2)
+            out["eta_seconds"] = round(pending / rate, 1) if rate > 0 else None
+    return out
+
+
+def iter_rows(con: sqlite3.Connection, sql: str, params: tuple[Any, ...] = ()) -> Iterator[sqlite3.Row]:
+    """Stream rows (for export and report, which run after or beside a crawl)."""
+    yield from con.execute(sql, params)
+
+
+def category_report(con: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Per category of a URL-list fetch: requested, downloaded, kept, failed and why."""
+    out: dict[str, dict[str, Any]] = {}
+    for cat, state, reason, n, kept in con.execute(
+        "SELECT c.category, c.state, coalesce(c.reason, ''), count(*), sum(coalesce(v.keep, 0))"
+        " FROM candidates c LEFT JOIN verdicts v ON v.sha256 = c.sha256 GROUP BY 1, 2, 3"
+    ):
+        r = out.setdefault(cat or "", {"category": cat or "", "requested": 0, "downloaded": 0, "kept": 0, "failed": 0, "reasons": {}})
+        r["requested"] += n
+        if state == "done":
+            r["downloaded"] += n
+            r["kept"] += kept or 0
+        elif state in ("failed", "rejected"):
+            r["failed"] += n
+            r["reasons"][reason] = r["reasons"].get(reason, 0) + n
+    rows = sorted(out.values(), key=lambda r: r["category"])
+    for r in rows:
+        r["reasons"] = sorted(r["reasons"].items(), key=lambda kv: -kv[1])
+    return rows
