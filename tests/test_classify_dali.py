@@ -103,7 +103,7 @@ def test_a_thin_strip_goes_to_pillow_and_the_capped_resize_stays_small(classifie
         "from carcrawl.classify.decode import Geometry\n"
         "pipe = build_pipeline(Geometry(224, 256), 1, 1, None)\n"
         "pipe.feed_input('encoded', [np.frombuffer(sys.stdin.buffer.read(), np.uint8)])\n"
-        "(out,) = pipe.run()\n"
+        "out = pipe.run()[0]\n"
         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
         "print(out.as_array().shape, int(hwm) // 1024)\n"
     )
