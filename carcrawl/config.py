@@ -81,6 +81,8 @@ class DownloadSettings:
     max_retries: int = 3  # for 429/503/timeouts/resets
     backoff_base: float = 1.0  # seconds; doubles each try, with jitter
     backoff_max: float = 600.0
+    max_retry_after: float = 600.0  # longest Retry-After honoured; beyond it the host is given up for the run
+    robots_retry: float = 300.0  # a robots.txt answering 5xx or not at all disallows its host this long
     max_bytes: int = 20_000_000  # body size cap
     min_bytes: int = 100  # smaller bodies are rejected (tracking pixels, empty files)
     respect_robots: bool = True
@@ -231,8 +233,8 @@ _POSITIVE = {
 }
 _NON_NEGATIVE = {
     "per_host_interval", "connect_timeout", "read_timeout", "total_timeout", "max_redirects",
-    "max_retries", "backoff_base", "backoff_max", "min_bytes", "batch_timeout", "threads",
-    "commit_interval", "max_queries", "block_backoff", "fault_rate", "seed", "max_images", "per_class",
+    "max_retries", "backoff_base", "backoff_max", "max_retry_after", "robots_retry", "min_bytes", "batch_timeout",
+    "threads", "commit_interval", "max_queries", "block_backoff", "fault_rate", "seed", "max_images", "per_class",
 }
 
 

@@ -64,7 +64,11 @@ class RunResult:
 
 class Pipeline:
     """One crawl run. ``stop()`` (first Ctrl-C) drains and commits; cancelling the task of
-    :meth:`run` (second Ctrl-C) stops at once; a kill loses only uncommitted rows."""
+    :meth:`run` (second Ctrl-C) stops at once; a kill loses only uncommitted rows.
+
+    Every task has an owner: the stages, the checkpoint's flusher and the progress reporter run
+    in one ``asyncio.TaskGroup``, so a stage that fails (a full disk, a classifier that will not
+    load, a commit that fails) cancels the others and the run ends with that stage's error."""
 
     def __init__(
         self,
@@ -113,7 +117,6 @@ class Pipeline:
             if removed:
                 self.on_event("temp_removed", removed)
             await self._load_job(store)
-            store.start_flusher()
             pending = await store.count_pending_work()
             self.on_event("start", {"searches": pending[0], "candidates": pending[1], "unclassified": pending[2]})
             async with HttpClient(s.download, s.user_agent, s.crawl.allow_networks) as client:
@@ -126,16 +129,30 @@ class Pipeline:
             state, reason = "failed", str(e)
             raise
         finally:
-            with contextlib.suppress(Exception):
-                store.record_progress(run_id, *self._progress_numbers())
-                await store.finish_run(run_id, state, reason)
+            # the last commit and the close run to their end even if a second Ctrl-C cancels us
+            # meanwhile: an open aiosqlite connection is a live thread, which would hang the exit
+            closing = asyncio.ensure_future(self._close(store, run_id, state, reason))
             try:
-                await store.close()
-            except CarcrawlError:
-                if state != "failed":  # the last commit failed: say so (unless an error is already on its way)
-                    raise
+                await asyncio.shield(closing)
+            except asyncio.CancelledError:
+                if not closing.done():
+                    await closing
+                raise
         status = await asyncio.to_thread(_read_status, s.checkpoint_path)
         return RunResult(state, run_id, self.stats.snapshot()["elapsed_s"], self.stats.snapshot(), status, self.classifier_name)  # type: ignore[arg-type]
+
+    async def _close(self, store: Store, run_id: int, state: str, reason: str | None) -> None:
+        with contextlib.suppress(Exception):
+            store.record_progress(run_id, *self._progress_numbers())
+            # the stages are over, so nothing is in flight: what is still marked so (queued,
+            # waiting for a retry, cut off by a failure) is work for the next run
+            await store.reset_in_flight()
+            await store.finish_run(run_id, state, reason)
+        try:
+            await store.close()
+        except CarcrawlError:
+            if state != "failed":  # the last commit failed: say so (unless an error is already on its way)
+                raise
 
     async def _load_job(self, store: Store) -> None:
         s = self.settings
@@ -188,7 +205,7 @@ class Pipeline:
         queue: asyncio.Queue[ClassifyItem | None] | None = asyncio.Queue(s.download.queue_size) if classify_on else None
         search = SearchStage(store, client, self._engines(), self.stats)
         download = DownloadStage(store, client, files, s.download, self.stats, queue, max_pixels=s.classify.max_pixels)
-        self._stages = [search, download]
+        self._stages: list[Any] = [search, download]
         classify = None
         if classify_on:
             assert queue is not None
@@ -199,48 +216,76 @@ class Pipeline:
 
             classify = ClassifyStage(store, files, s.classify, self.stats, queue, self.classifier_loader, ready)
             classify.start_loading()
+            self._stages.append(classify)
         if self.stopping:
             for stage in self._stages:
                 stage.stop()
         search_done = asyncio.Event()
+        stages_done = asyncio.Event()
 
         async def searching() -> None:
-            try:
-                await search.run()
-            finally:
-                await store.flush()
-                search_done.set()
+            await search.run()
+            await store.flush()
+            search_done.set()
 
         async def downloading() -> None:
             try:
                 await download.run(search_done)
-            except asyncio.CancelledError:
-                download.abort()
-                raise
             finally:
                 await files.drain()
-                if queue is not None:
-                    await queue.put(None)
+            if queue is not None:  # only on a normal end: a cancelled run has no classifier to tell
+                await queue.put(None)
 
         async def reporting() -> None:
-            while True:
-                await asyncio.sleep(s.store.commit_interval)
+            while not stages_done.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stages_done.wait(), s.store.commit_interval)
                 store.record_progress(run_id, *self._progress_numbers())
                 self.on_event("progress", self.stats)
 
-        reporter = asyncio.create_task(reporting())
+        async def flushing() -> None:
+            flusher = asyncio.ensure_future(store.flush_forever())
+            ended = asyncio.ensure_future(stages_done.wait())
+            try:
+                await asyncio.wait({flusher, ended}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                flusher.cancel()
+                ended.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await flusher  # its error (a failed commit) ends the run
+
+        async def stages() -> None:
+            async with asyncio.TaskGroup() as inner:
+                inner.create_task(searching(), name="search")
+                inner.create_task(downloading(), name="download")
+                if classify is not None:
+                    inner.create_task(classify.run(), name="classify")
+                    inner.create_task(classify.loaded(), name="classifier-load")
+            stages_done.set()
+
         try:
-            jobs = [searching(), downloading()] + ([classify.run()] if classify else [])
-            results = await asyncio.gather(*jobs, return_exceptions=True)
-        finally:
-            reporter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reporter
-        if download.fatal is not None:
-            raise download.fatal
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
+            async with asyncio.TaskGroup() as group:
+                group.create_task(stages(), name="stages")
+                group.create_task(flushing(), name="store-flusher")
+                group.create_task(reporting(), name="progress")
+        except BaseExceptionGroup as eg:
+            raise _first_error(eg) from None
+
+    def _progress_numbers(self) -> tuple[int, int, int, int, int]:
+        c = self.stats.counts
+        return (c["searches_done"], c["fetched"], c["failed"], c["classified"], c["bytes"])
+
+
+def _first_error(eg: BaseExceptionGroup) -> BaseException:
+    """The error to end the run with: the first that is not a cancellation (a TaskGroup gathers
+    the failing stage's error and what the others raised while they were cancelled)."""
+    for e in eg.exceptions:
+        if isinstance(e, BaseExceptionGroup):
+            e = _first_error(e)
+        if not isinstance(e, asyncio.CancelledError):
+            return e
+    return eg.exceptions[0]
+
 
     def _progress_numbers(self) -> tuple[int, int, int, int, int]:
         c = self.stats.counts
@@ -289,4 +334,6 @@ async def run_with_signals(pipeline: Pipeline) -> RunResult:
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+            if presses:  # already stopping: a late press must not kill the process mid-exit
+                signal.signal(sig, signal.SIG_IGN)
 

@@ -420,3 +420,12 @@ class DatasetDB:
             "SELECT ts, run_id, coalesce(fetched, 0), coalesce(failed, 0), coalesce(classified, 0), coalesce(bytes, 0)"
             " FROM progress ORDER BY ts"
         ).fetchall()
+
+    def run_span(self) -> tuple[float, float] | None:
+        """(first run's start, last run's end) of the crawl, for the report's time axis; a run
+        still going (or killed) ends at its last progress sample."""
+        row = self.con.execute(
+            "SELECT min(started_at), max(coalesce(finished_at, (SELECT max(ts) FROM progress p WHERE p.run_id = r.id),"
+            " started_at)) FROM runs r WHERE started_at IS NOT NULL"
+        ).fetchone()
+        return (float(row[0]), float(row[1])) if row and row[0] is not None and row[1] is not None else None
