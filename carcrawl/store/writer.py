@@ -21,6 +21,7 @@ import aiosqlite
 
 from carcrawl.errors import DiskFullError
 from carcrawl.models import Candidate, Labels, Query, Verdict
+from carcrawl.quota import class_of
 from carcrawl.store.schema import check_and_init
 from carcrawl.urlsafety import refuse
 
@@ -77,6 +78,7 @@ class DownloadTask:
     candidate_id: int
     url: str
     attempts: int
+    label: str = ""  # the class a per-class quota counts (carcrawl.quota.class_of)
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,12 +387,27 @@ class Store:
         """The next pending candidate URLs (by id); marked ``in_flight`` with the next commit."""
         async with self._lock:
             rows = list(await self._db.execute_fetchall(
-                "SELECT id, url, attempts FROM candidates WHERE state='pending' AND id>? ORDER BY id LIMIT ?",
+                "SELECT id, url, attempts, make, model, category FROM candidates WHERE state='pending' AND id>?"
+                " ORDER BY id LIMIT ?",
                 (after_id, limit),
             ))
         if rows:
             self._write(_SQL_CANDIDATES_IN_FLIGHT, (after_id, rows[-1][0]))
-        return [DownloadTask(r[0], r[1], r[2]) for r in rows]
+        return [DownloadTask(r[0], r[1], r[2], class_of(r[3], r[4], r[5])) for r in rows]
+
+    async def stored_per_class(self) -> tuple[int, dict[str, int]]:
+        """Distinct stored images, in all and per class (of the candidate that first stored
+        each): where the image cap and the per-class quotas start from."""
+        counts: dict[str, int] = {}
+        async with self._lock:
+            rows = await self._db.execute_fetchall(
+                "SELECT c.make, c.model, c.category, count(*) FROM images i JOIN candidates c ON c.id = i.candidate_id"
+                " GROUP BY 1, 2, 3"
+            )
+        for make, model, category, n in rows:
+            key = class_of(make, model, category)
+            counts[key] = counts.get(key, 0) + n
+        return sum(counts.values()), counts
 
     def record_fetched(
         self, candidate_id: int, *, sha256: str, final_url: str, attempts: int, image: StoredImage, size: int
