@@ -242,10 +242,13 @@ class Pipeline:
             if queue is not None:  # only on a normal end: a cancelled run has no classifier to tell
                 await queue.put(None)
 
+        known = store.new_candidates  # the distinct URLs loaded before the start event counted them
+
         async def reporting() -> None:
             while not stages_done.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stages_done.wait(), s.store.commit_interval)
+                self.stats.counts["new_candidates"] = store.new_candidates - known
                 store.record_progress(run_id, *self._progress_numbers())
                 self.on_event("progress", self.stats)
 

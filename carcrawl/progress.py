@@ -85,7 +85,7 @@ class ProgressDisplay:
         p.update(self.tasks["search"], completed=searched, total=max(self.base.get("searches", 0), searched) or None,
                  rate=f"{c['candidates']} URLs found")
         done = c["fetched"] + c["failed"]
-        total = self.base.get("candidates", 0) + c["candidates"]
+        total = self.base.get("candidates", 0) + c["new_candidates"]  # distinct URLs, as committed
         p.update(self.tasks["download"], completed=done, total=max(total, done) or None,
                  rate=f"{stats.rate('fetched'):.1f} img/s, {c['bytes'] / 1e6:.1f} MB, {c['failed']} failed")
         if "classify" in self.tasks:

@@ -105,6 +105,7 @@ class Store:
         self._lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
         self.commits = 0  # batches committed so far
+        self.new_candidates = 0  # distinct candidate rows inserted so far (what the download bar counts)
         self._wake = asyncio.Event()
         self.on_commit: list[Any] = []  # callbacks run after each commit (the feeders wait on these)
 
@@ -201,6 +202,7 @@ class Store:
                     raise _disk_full(e, self.path) from None
                 raise
             self.commits += 1
+            self.new_candidates += commit.result()
         for callback in self.on_commit:
             callback()
         return n
@@ -211,20 +213,24 @@ class Store:
             self._ops.setdefault(sql, []).extend(rows)
         self._pending_rows += n
 
-    async def _apply(self, ops: dict[str, list[tuple[Any, ...]]]) -> None:
+    async def _apply(self, ops: dict[str, list[tuple[Any, ...]]]) -> int:
         """One transaction: BEGIN, one ``executemany`` per statement (in the dependency order of
         :data:`_APPLY_ORDER`, so a batch costs ~10 thread hops, not one per row or per change of
         statement), COMMIT; ROLLBACK on any error."""
         db = self._db
+        added = 0  # candidates really inserted (a URL another search found already is ignored)
         await db.execute("BEGIN IMMEDIATE")
         try:
             for sql in sorted(ops, key=_apply_rank):
-                await db.executemany(sql, ops[sql])
+                cur = await db.executemany(sql, ops[sql])
+                if sql is _SQL_INSERT_CANDIDATE:
+                    added += max(0, cur.rowcount)
             await db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
                 await db.execute("ROLLBACK")
             raise
+        return added
 
     # -- runs and meta -------------------------------------------------------------------------
 
