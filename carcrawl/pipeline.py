@@ -80,6 +80,7 @@ class Pipeline:
         fresh: bool = False,
         on_event: Callable[[str, Any], None] | None = None,
         classifier_loader: Callable[[ClassifyConfig], Any] = load_classifier,
+        search_only: bool = False,
     ):
         self.settings = settings
         self.job = job
@@ -88,6 +89,7 @@ class Pipeline:
         self.stats = Stats()
         self.on_event = on_event or (lambda kind, data: None)
         self.classifier_loader = classifier_loader
+        self.search_only = search_only  # load the job and search; downloads are left to shards
         self._stages: list[Any] = []
         self.stopping = False
         self.capped = False  # stopped because --max-images was reached: a finished run, not an interrupted one
@@ -203,7 +205,7 @@ class Pipeline:
 
     async def _run_stages(self, store: Store, client: HttpClient, files: ImageFiles, run_id: int) -> None:
         s = self.settings
-        classify_on = s.classify.enabled
+        classify_on = s.classify.enabled and not self.search_only
         queue: asyncio.Queue[ClassifyItem | None] | None = asyncio.Queue(s.download.queue_size) if classify_on else None
         search = SearchStage(store, client, self._engines(), self.stats)
         download = DownloadStage(store, client, files, s.download, self.stats, queue, max_pixels=s.classify.max_pixels,
@@ -266,7 +268,8 @@ class Pipeline:
         async def stages() -> None:
             async with asyncio.TaskGroup() as inner:
                 inner.create_task(searching(), name="search")
-                inner.create_task(downloading(), name="download")
+                if not self.search_only:
+                    inner.create_task(downloading(), name="download")
                 if classify is not None:
                     inner.create_task(classify.run(), name="classify")
                     inner.create_task(classify.loaded(), name="classifier-load")
@@ -312,11 +315,6 @@ def _first_error(eg: BaseExceptionGroup) -> BaseException:
         if not isinstance(e, asyncio.CancelledError):
             return e
     return eg.exceptions[0]
-
-
-    def _progress_numbers(self) -> tuple[int, int, int, int, int]:
-        c = self.stats.counts
-        return (c["searches_done"], c["fetched"], c["failed"], c["classified"], c["bytes"])
 
 
 def _settings_json(settings: Settings) -> str:
