@@ -21,6 +21,7 @@ import aiosqlite
 
 from carcrawl.errors import DiskFullError
 from carcrawl.models import Candidate, Labels, Query, Verdict
+from carcrawl.quota import class_of
 from carcrawl.store.schema import check_and_init
 from carcrawl.urlsafety import refuse
 
@@ -77,6 +78,7 @@ class DownloadTask:
     candidate_id: int
     url: str
     attempts: int
+    label: str = ""  # the class a per-class quota counts (carcrawl.quota.class_of)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,7 @@ class Store:
         self._lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
         self.commits = 0  # batches committed so far
+        self.new_candidates = 0  # distinct candidate rows inserted so far (what the download bar counts)
         self._wake = asyncio.Event()
         self.on_commit: list[Any] = []  # callbacks run after each commit (the feeders wait on these)
 
@@ -199,6 +202,7 @@ class Store:
                     raise _disk_full(e, self.path) from None
                 raise
             self.commits += 1
+            self.new_candidates += commit.result()
         for callback in self.on_commit:
             callback()
         return n
@@ -209,20 +213,24 @@ class Store:
             self._ops.setdefault(sql, []).extend(rows)
         self._pending_rows += n
 
-    async def _apply(self, ops: dict[str, list[tuple[Any, ...]]]) -> None:
+    async def _apply(self, ops: dict[str, list[tuple[Any, ...]]]) -> int:
         """One transaction: BEGIN, one ``executemany`` per statement (in the dependency order of
         :data:`_APPLY_ORDER`, so a batch costs ~10 thread hops, not one per row or per change of
         statement), COMMIT; ROLLBACK on any error."""
         db = self._db
+        added = 0  # candidates really inserted (a URL another search found already is ignored)
         await db.execute("BEGIN IMMEDIATE")
         try:
             for sql in sorted(ops, key=_apply_rank):
-                await db.executemany(sql, ops[sql])
+                cur = await db.executemany(sql, ops[sql])
+                if sql is _SQL_INSERT_CANDIDATE:
+                    added += max(0, cur.rowcount)
             await db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
                 await db.execute("ROLLBACK")
             raise
+        return added
 
     # -- runs and meta -------------------------------------------------------------------------
 
@@ -385,12 +393,27 @@ class Store:
         """The next pending candidate URLs (by id); marked ``in_flight`` with the next commit."""
         async with self._lock:
             rows = list(await self._db.execute_fetchall(
-                "SELECT id, url, attempts FROM candidates WHERE state='pending' AND id>? ORDER BY id LIMIT ?",
+                "SELECT id, url, attempts, make, model, category FROM candidates WHERE state='pending' AND id>?"
+                " ORDER BY id LIMIT ?",
                 (after_id, limit),
             ))
         if rows:
             self._write(_SQL_CANDIDATES_IN_FLIGHT, (after_id, rows[-1][0]))
-        return [DownloadTask(r[0], r[1], r[2]) for r in rows]
+        return [DownloadTask(r[0], r[1], r[2], class_of(r[3], r[4], r[5])) for r in rows]
+
+    async def stored_per_class(self) -> tuple[int, dict[str, int]]:
+        """Distinct stored images, in all and per class (of the candidate that first stored
+        each): where the image cap and the per-class quotas start from."""
+        counts: dict[str, int] = {}
+        async with self._lock:
+            rows = await self._db.execute_fetchall(
+                "SELECT c.make, c.model, c.category, count(*) FROM images i JOIN candidates c ON c.id = i.candidate_id"
+                " GROUP BY 1, 2, 3"
+            )
+        for make, model, category, n in rows:
+            key = class_of(make, model, category)
+            counts[key] = counts.get(key, 0) + n
+        return sum(counts.values()), counts
 
     def record_fetched(
         self, candidate_id: int, *, sha256: str, final_url: str, attempts: int, image: StoredImage, size: int
