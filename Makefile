@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[test,offline-model]'
+	$(BIN)/pip install -q -e '.[test,bench,offline-model]'
 	-$(BIN)/pip install -q 'nvidia-dali-cuda130' || echo "DALI not installed: the Pillow decoder will be used"
 	-sh scripts/install-pillow-simd.sh $(BIN) || echo "Pillow-SIMD not built: plain Pillow is used"
 	touch $(STAMP)

@@ -85,11 +85,30 @@ class ClassifyStage:
         self._inflight: set[asyncio.Task[None]] = set()
         self._busy: set[str] = set()  # shas in a batch in flight: never classified twice at once
         self._error: BaseException | None = None
+        self.stopping = False
+
+    def stop(self) -> None:
+        """A drain: finish the batches in flight, judge nothing more. Images stored but not judged
+        stay ``pending`` and are the backlog of the next run; the queue is still emptied, so no
+        download waits on it."""
+        self.stopping = True
 
     def start_loading(self) -> None:
         """Load the model in a thread now, so it is ready when the first bytes arrive."""
         if self._classifier_task is None:
             self._classifier_task = asyncio.create_task(asyncio.to_thread(self._loader, self.cfg))
+
+    async def loaded(self) -> None:
+        """Wait for the model: a loader that raises ends the run at once with its message (the
+        pipeline owns this task), instead of leaving downloads blocked on a full queue."""
+        self.start_loading()
+        assert self._classifier_task is not None
+        try:
+            await asyncio.shield(self._classifier_task)
+        except asyncio.CancelledError:
+            if not self._classifier_task.done():
+                self._classifier_task.cancel()  # the thread finishes on its own; nobody waits for it
+            raise
 
     async def classifier(self) -> Any:
         self.start_loading()
@@ -110,6 +129,8 @@ class ClassifyStage:
             item = await self.queue.get()
             if item is None:
                 break
+            if self.stopping:
+                continue  # left for the next run's backlog
             batch.append(item)
             deadline = time.monotonic() + self.cfg.batch_timeout
             while len(batch) < self.cfg.batch_size:
@@ -124,7 +145,14 @@ class ClassifyStage:
                     closed = True
                     break
                 batch.append(nxt)
-            await self._submit([(i.sha256, i.body) for i in batch])
+            if self.stopping:
+                continue
+            try:
+                await self._submit([(i.sha256, i.body) for i in batch])
+            except asyncio.CancelledError:
+                for t in self._inflight:
+                    t.cancel()
+                raise
         await self._drain()
 
     async def _submit(self, items: list[tuple[str, bytes]]) -> None:
@@ -159,7 +187,7 @@ class ClassifyStage:
 
     async def _backlog(self) -> None:
         after = ""
-        while True:
+        while not self.stopping:
             images = await self.store.images_awaiting_verdict(after, self.cfg.batch_size)
             if not images:
                 return

@@ -50,7 +50,9 @@ def _default_engines() -> dict[str, EngineSettings]:
 class CrawlSettings:
     out: str = "out"  # output folder: checkpoint, images/, export/
     checkpoint: str = ""  # "" = <out>/checkpoint.sqlite
-    sources: list[str] = field(default_factory=lambda: ["bing"])
+    # several engines make a better dataset than one (the original crawl's lesson): different
+    # photos, fewer shared biases; each has its own token bucket, so they search in parallel
+    sources: list[str] = field(default_factory=lambda: ["bing", "duckduckgo", "openverse", "wikimedia"])
     per_query: int = 100  # candidate URLs wanted per query, split across the sources
     catalog: str = ""  # "" = the shipped catalogue (1 046 make/model pairs)
     colors: str = ""  # "" = the shipped colour list; else a file with one colour a line
@@ -59,6 +61,8 @@ class CrawlSettings:
     color_filter: list[str] = field(default_factory=list)
     query_template: str = "{color} {make} {model}"
     max_queries: int = 0  # 0 = no limit
+    max_images: int = 0  # stop once this many images are stored (0 = no cap)
+    per_class: int = 0  # at most this many images per make/model (or category) class (0 = no quota)
     user_agent: str = "carcrawl/0.1 (dataset crawler; +https://github.com/carcrawl/carcrawl)"
     contact: str = ""  # an e-mail or URL appended to the User-Agent; Wikimedia asks for one
     allow_networks: list[str] = field(default_factory=list)  # CIDRs exempt from the SSRF guard
@@ -77,6 +81,8 @@ class DownloadSettings:
     max_retries: int = 3  # for 429/503/timeouts/resets
     backoff_base: float = 1.0  # seconds; doubles each try, with jitter
     backoff_max: float = 600.0
+    max_retry_after: float = 600.0  # longest Retry-After honoured; beyond it the host is given up for the run
+    robots_retry: float = 300.0  # a robots.txt answering 5xx or not at all disallows its host this long
     max_bytes: int = 20_000_000  # body size cap
     min_bytes: int = 100  # smaller bodies are rejected (tracking pixels, empty files)
     respect_robots: bool = True
@@ -88,14 +94,14 @@ class DownloadSettings:
 @dataclass(frozen=True)
 class ClassifyConfig:
     enabled: bool = True
-    model: Literal["auto", "efficientnet_lite0", "resnet50"] = "auto"
+    model: Literal["auto", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet50"] = "auto"
     weights: str = ""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (checked by classify.settings.parse_device)
     decoder: Literal["auto", "pillow", "dali"] = "auto"
     batch_size: int = 32
     batch_timeout: float = 0.5  # seconds a partial batch waits before it runs
     threads: int = 0  # 0 = sized to the machine
-    policy: Literal["mass", "topk", "top1"] = "mass"
+    policy: Literal["head", "mass", "topk", "top1"] = "head"
     top_k: int = 4
     threshold: float = 0.5
     max_pixels: int = 50_000_000
@@ -227,8 +233,8 @@ _POSITIVE = {
 }
 _NON_NEGATIVE = {
     "per_host_interval", "connect_timeout", "read_timeout", "total_timeout", "max_redirects",
-    "max_retries", "backoff_base", "backoff_max", "min_bytes", "batch_timeout", "threads",
-    "commit_interval", "max_queries", "block_backoff", "fault_rate", "seed",
+    "max_retries", "backoff_base", "backoff_max", "max_retry_after", "robots_retry", "min_bytes", "batch_timeout",
+    "threads", "commit_interval", "max_queries", "block_backoff", "fault_rate", "seed", "max_images", "per_class",
 }
 
 
@@ -250,6 +256,13 @@ def _check_ranges(obj: Any, where: str) -> None:
                     ipaddress.ip_network(net, strict=False)
                 except ValueError:
                     raise ConfigError(f"{full}[{i}]: not a network like '10.0.0.0/8': {net!r}") from None
+        if f.name == "device" and isinstance(value, str):
+            from carcrawl.classify.settings import parse_device
+
+            try:
+                parse_device(value)
+            except ConfigError:
+                raise ConfigError(f"{full}: {value!r} is not one of auto, cpu, cuda, cuda:N (N = a GPU index)") from None
         if f.name in ("user_agent", "contact") and any(ord(c) < 32 or ord(c) == 127 for c in value):
             raise ConfigError(f"{full}: must not contain control characters (it is sent as an HTTP header)")
 
@@ -284,7 +297,8 @@ def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | No
             settings = _build(Settings, nested, "", settings)
         except ConfigError as e:
             raise ConfigError(f"command line: {e}") from None
-    _check_sources(settings, "command line: " if path is None else f"{path}: ")
+    from_cli = bool(overrides) and overrides.get("crawl.sources") is not None
+    _check_sources(settings, "command line (--sources): " if from_cli else "command line: " if path is None else f"{path}: ")
     return settings
 
 

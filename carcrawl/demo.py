@@ -18,19 +18,25 @@ from carcrawl.config import load_settings
 from carcrawl.models import Labels, Query
 from carcrawl.pipeline import Job
 
-#: popular make/models from the shipped catalogue, for a demo that shows variety quickly
+#: the make/models the shipped sandbox photos show (carcrawl/data/sandbox_photos/TAGS.csv), all in
+#: the shipped catalogue: the sandbox answers a query for one of them mostly with its photos (plus
+#: noise), as an engine would, so the demo's classes hold what their names say
 DEMO_MODELS = (
-    ("ford", "mustang"), ("toyota", "camry"), ("honda", "civic"), ("jeep", "wrangler"),
-    ("chevrolet", "silverado"), ("volkswagen", "beetle"), ("bmw", "x5"), ("dodge", "caravan"),
+    ("ford", "mustang"), ("toyota", "corolla"), ("hyundai", "genesis"), ("mazda", "tribute"),
+    ("bmw", "1 series"), ("mitsubishi", "lancer"), ("lamborghini", "gallardo"), ("dodge", "durango"),
+    ("hyundai", "azera"), ("mitsubishi", "eclipse"), ("aston martin", "v8 vantage"), ("lamborghini", "reventon"),
+    ("ford", "e-series"), ("ram", "c/v"),
 )
 DEMO_COLORS = ("red", "black", "white", "blue")
 DEMO_SOURCES = ["bing", "duckduckgo", "openverse", "wikimedia"]
 
 
 def demo_queries(n: int) -> list[Query]:
+    """``n`` queries: every demo model once (colours in turn), then again in the next colour."""
     out = []
-    for color in DEMO_COLORS:
-        for make, model in DEMO_MODELS:
+    for round_ in range(len(DEMO_COLORS)):
+        for i, (make, model) in enumerate(DEMO_MODELS):
+            color = DEMO_COLORS[(i + round_) % len(DEMO_COLORS)]
             out.append(Query(f"{color} {make} {model}", Labels(make=make, model=model, color=color)))
     return out[:n]
 

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from carcrawl.config import DownloadSettings
@@ -24,6 +24,7 @@ from carcrawl.errors import DiskFullError
 from carcrawl.filestore import ImageFiles
 from carcrawl.models import Failure, Fetched
 from carcrawl.net import HttpClient, backoff_delay, host_key
+from carcrawl.quota import Quota
 from carcrawl.stats import Stats
 from carcrawl.store import DownloadTask, Store
 
@@ -35,7 +36,8 @@ log = logging.getLogger(__name__)
 RECENT_SHAS = 10_000
 
 #: reasons that say the content is unwanted (state ``rejected``), not that the transfer failed
-_REJECT_PREFIXES = ("not_image", "robots", "noai", "too_", "unsupported", "empty", "truncated_image")
+_REJECT_PREFIXES = ("not_image", "robots_disallowed", "noai", "too_", "unsupported", "empty", "truncated_image",
+                    "quota_full")
 _JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 
 
@@ -106,28 +108,57 @@ class ClassifyItem:
     body: bytes
 
 
-class HostScheduler:
-    """Per-host queues; starts ``run(task)`` when the host's lease and the global cap allow."""
+#: what a transfer hands back to the scheduler: ``None`` (an outcome was recorded, or the URL is
+#: left for the next run) or a retry (the next attempt, and the seconds to wait before it)
+Retry = tuple[DownloadTask, float]
 
-    def __init__(self, client: HttpClient, concurrency: int, buffer: int, run: Callable[[DownloadTask], asyncio.Future]):
+
+class HostScheduler:
+    """Per-host queues; starts ``run(task)`` when the host's lease and the global cap allow.
+
+    It holds at most ``buffer`` tasks (waiting, running or waiting to be retried), so memory is
+    bounded whatever the crawl's size. Transfers are tasks of the stage's TaskGroup (``start``):
+    they have an owner, and cancelling the stage cancels them. ``drain`` drops every task not yet
+    running, refuses new ones, and lets the running ones finish: ``wait_idle`` then always ends."""
+
+    def __init__(self, client: HttpClient, concurrency: int, buffer: int,
+                 run: Callable[[DownloadTask], Awaitable[Retry | None]],
+                 give_up: Callable[[DownloadTask, str], None] | None = None):
         self.limiter = client.hosts
         self.concurrency = concurrency
+        self.buffer = buffer
         self._run = run
-        self._room = asyncio.Semaphore(buffer)  # tasks held (waiting + running), all hosts
+        self._give_up = give_up
+        self._room = asyncio.Semaphore(buffer)  # tasks held (waiting + running + retrying), all hosts
         self._waiting: dict[str, deque[DownloadTask]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._retry_timers: set[asyncio.TimerHandle] = set()
         self._blocked_on_global: deque[str] = deque()
         self.active = 0
         self.held = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._group: asyncio.TaskGroup | None = None
         self.draining = False
 
-    async def submit(self, task: DownloadTask) -> None:
+    def start(self, group: asyncio.TaskGroup) -> None:
+        """Transfers become tasks of ``group`` (the download stage's)."""
+        self._group = group
+
+    async def submit(self, task: DownloadTask) -> bool:
+        """Hold ``task`` until its host can take it; ``False`` (not held) once draining."""
+        if self.draining:
+            return False
         await self._room.acquire()
+        if self.draining:  # the drain began while this waited for room
+            self._room.release()
+            return False
         self.held += 1
         self._idle.clear()
+        self._enqueue(task)
+        return True
+
+    def _enqueue(self, task: DownloadTask) -> None:
         host = host_key(task.url)
         q = self._waiting.get(host)
         if q is None:
@@ -139,6 +170,13 @@ class HostScheduler:
         if self.draining:
             return
         q = self._waiting.get(host)
+        given_up = self.limiter.given_up(host) if q else None
+        if given_up is not None and q:
+            while q:  # the host is given up for the run: its queued URLs are recorded with why
+                task = q.popleft()
+                if self._give_up is not None:
+                    self._give_up(task, given_up)
+                self._release_one()
         while q:
             if self.active >= self.concurrency:
                 if host not in self._blocked_on_global:
@@ -147,16 +185,16 @@ class HostScheduler:
             wait = self.limiter.try_lease(host)
             if wait > 0:
                 # at its cap, a finishing transfer of this host pumps it again; the timer is a
-                # fallback for leases held by redirect hops of other hosts' transfers
+                # fallback for leases held by redirect hops of other hosts' transfers, and the
+                # wake-up when a paused host (Retry-After) may go on
                 if host not in self._timers:
                     delay = 1.0 if wait == math.inf else wait
                     self._timers[host] = asyncio.get_running_loop().call_later(delay, self._timer_fired, host)
                 return
             task = q.popleft()
             self.active += 1
-            t = asyncio.get_running_loop().create_task(self._go(host, task))
-            self._tasks.add(t)
-            t.add_done_callback(self._tasks.discard)
+            assert self._group is not None, "HostScheduler.start(group) was not called"
+            self._group.create_task(self._go(host, task))
         if q is not None and not q:
             del self._waiting[host]
 
@@ -165,48 +203,69 @@ class HostScheduler:
         self._pump(host)
 
     async def _go(self, host: str, task: DownloadTask) -> None:
+        retry: Retry | None = None
         try:
-            await self._run(task)
+            retry = await self._run(task)
         finally:
             self.active -= 1
-            self.held -= 1
-            self._room.release()
+            if retry is not None and not self.draining:
+                self._hold_for_retry(*retry)  # keeps its room: a retry is still work held
+            else:
+                self._release_one()
             # the fetch released its lease; let this host and hosts waiting on the global cap go on
             self._pump(host)
             while self._blocked_on_global and self.active < self.concurrency:
                 self._pump(self._blocked_on_global.popleft())
-            if self.held == 0:
-                self._idle.set()
+
+    def _hold_for_retry(self, task: DownloadTask, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        handle: asyncio.TimerHandle
+
+        def fire() -> None:
+            self._retry_timers.discard(handle)
+            if not self.draining:
+                self._enqueue(task)
+
+        handle = loop.call_later(delay, fire)
+        self._retry_timers.add(handle)
+
+    def _release_one(self) -> None:
+        self.held -= 1
+        self._room.release()
+        if self.held == 0:
+            self._idle.set()
 
     def drain(self) -> None:
-        """Start nothing new; transfers running finish. Tasks still waiting are dropped: their
-        rows stay ``in_flight`` in the checkpoint, which a resume turns back into ``pending``."""
+        """Start nothing new; transfers running finish. Tasks still waiting (or waiting for a retry)
+        are dropped: their rows stay ``in_flight`` until the run's end turns them back into
+        ``pending`` (and a resume would too)."""
         self.draining = True
-        dropped = sum(len(q) for q in self._waiting.values())
+        dropped = sum(len(q) for q in self._waiting.values()) + len(self._retry_timers)
         self._waiting.clear()
         self._blocked_on_global.clear()
-        for h in self._timers.values():
+        for h in (*self._timers.values(), *self._retry_timers):
             h.cancel()
         self._timers.clear()
-        self.held -= dropped
+        self._retry_timers.clear()
         for _ in range(dropped):
-            self._room.release()
+            self._release_one()
         if self.held == 0:
             self._idle.set()
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
 
-    def cancel_all(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
-        for h in self._timers.values():
+    def close(self) -> None:
+        """Cancel the timers (the stage is ending; its TaskGroup cancels the transfers)."""
+        for h in (*self._timers.values(), *self._retry_timers):
             h.cancel()
+        self._timers.clear()
+        self._retry_timers.clear()
 
 
 class DownloadStage:
     """Feeds pending candidates through the scheduler until the search stage is done and no
-    pending candidate remains."""
+    pending candidate remains, or until ``stop`` (a drain) or a failure."""
 
     def __init__(
         self,
@@ -218,7 +277,9 @@ class DownloadStage:
         classify_queue: asyncio.Queue[ClassifyItem | None] | None,
         page_size: int = 512,
         max_pixels: int = 50_000_000,
+        quota: Quota | None = None,
     ):
+        self.quota = quota
         self.store = store
         self.client = client
         self.files = files
@@ -228,103 +289,105 @@ class DownloadStage:
         self.page_size = page_size
         self.max_pixels = max_pixels
         buffer = max(2 * settings.concurrency, page_size)
-        self.scheduler = HostScheduler(client, settings.concurrency, buffer, self._fetch_one)
-        self._retries: set[asyncio.TimerHandle] = set()
-        self._retry_tasks: set[asyncio.Task[None]] = set()
+        self.scheduler = HostScheduler(client, settings.concurrency, buffer, self._fetch_one, self._host_given_up)
         self._committed = asyncio.Event()
         store.on_commit.append(self._committed.set)
         self.stopping = False
         self.aborted = False
-        self.fatal: BaseException | None = None
         self._recent_shas: dict[str, None] = {}
 
     async def run(self, upstream_done: asyncio.Event) -> None:
+        """Feed and fetch. A transfer that raises (a full disk) ends the stage's TaskGroup, which
+        cancels the other transfers; the error goes up to the pipeline."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                self.scheduler.start(group)
+                await self._feed(upstream_done)
+                await self.scheduler.wait_idle()
+        except BaseException:
+            self.aborted = True  # what cancelled transfers would record is not the URL's outcome
+            raise
+        finally:
+            self.scheduler.close()
+
+    async def _feed(self, upstream_done: asyncio.Event) -> None:
         after_id = 0
         while not self.stopping:
             tasks = await self.store.next_candidates(after_id, self.page_size)
             if tasks:
                 after_id = tasks[-1].candidate_id
                 for t in tasks:
-                    if self.stopping:
-                        break
-                    await self.scheduler.submit(t)
+                    if not await self.scheduler.submit(t):
+                        return
                 continue
-            if upstream_done.is_set() and self.scheduler.held == 0 and not self._retries and not self._retry_tasks:
+            if upstream_done.is_set() and self.scheduler.held == 0:
                 await self.store.flush()
                 if not await self.store.next_candidates(after_id, 1):
-                    break
+                    return
                 continue
             self._committed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._committed.wait(), 0.5)
-        await self.scheduler.wait_idle()
-        if self.fatal is not None:
-            raise self.fatal
 
     def stop(self) -> None:
-        """Stop feeding new work; transfers in flight finish."""
+        """Stop feeding new work; transfers in flight finish; queued and retry-waiting URLs are
+        left for the next run."""
         self.stopping = True
-        for h in self._retries:
-            h.cancel()
-        self._retries.clear()
         self.scheduler.drain()
 
-    def abort(self) -> None:
-        """Stop at once (second Ctrl-C): cancel the transfers. What they would have recorded as
-        they die (connection closed under them) is not an outcome of the URL, so nothing is
-        recorded: their rows stay ``in_flight`` and a resume fetches them again."""
-        self.aborted = True
-        self.stop()
-        self.scheduler.cancel_all()
-
-    async def _fetch_one(self, task: DownloadTask) -> None:
+    async def _fetch_one(self, task: DownloadTask) -> Retry | None:
         attempts = task.attempts + 1
+        q = self.quota
+        if q is not None and (q.full or q.class_full(task.label)):
+            # checked as the transfer would start, so a full class costs no request: give the
+            # host's lease back unused
+            self.scheduler.limiter.release(host_key(task.url))
+            if not q.full:
+                self._record_failure(task.candidate_id, "quota_full", task.attempts)
+            return None  # at the cap the run is draining: the URL is left for a later run
         try:
             result = await self.client.fetch_image(task.candidate_id, task.url, leased=True)
             if isinstance(result, Failure):
-                self._failed(task, result, attempts)
-                return
+                return self._failed(task, result, attempts)
             problem = content_problem(result.body, result.format, self.max_pixels)
             if problem is not None:
-                self._failed(task, Failure(task.candidate_id, task.url, problem), attempts)
-                return
-            await self._stored(result, attempts)
-        except DiskFullError as e:
-            if self.fatal is None:
-                self.fatal = e
-            self.stop()
-        except asyncio.CancelledError:
-            raise
+                return self._failed(task, Failure(task.candidate_id, task.url, problem), attempts)
+            await self._stored(result, attempts, task.label)
+        except (asyncio.CancelledError, DiskFullError):
+            raise  # a full disk ends the stage (and the run) with its one clear message
         except Exception as e:  # noqa: BLE001 - a bug in one URL's path must not end the crawl
             log.exception("internal error on %s", task.url)
-            self._failed(task, Failure(task.candidate_id, task.url, f"internal_error:{type(e).__name__}"), attempts)
+            return self._failed(task, Failure(task.candidate_id, task.url, f"internal_error:{type(e).__name__}"), attempts)
+        return None
 
-    def _failed(self, task: DownloadTask, failure: Failure, attempts: int) -> None:
+    def _failed(self, task: DownloadTask, failure: Failure, attempts: int) -> Retry | None:
         if self.aborted:
-            return
+            return None
         s = self.settings
-        if not failure.terminal and attempts <= s.max_retries and not self.stopping:
+        if not failure.terminal and self.stopping:
+            # a timeout or a 5xx while draining is not the URL's outcome: it stays for the next
+            # run (``in_flight`` now, ``pending`` after the run's last commit), as if never tried
+            return None
+        if not failure.terminal and attempts <= s.max_retries:
+            # the host is paused by the client on 429/503 (Retry-After), so the retry's own delay
+            # is only the backoff; it waits in the scheduler, holding its room
             delay = backoff_delay(attempts - 1, s.backoff_base, s.backoff_max, failure.retry_after)
             self.stats.inc("retries")
-            retry = DownloadTask(task.candidate_id, task.url, attempts)
-            loop = asyncio.get_running_loop()
-            handle: asyncio.TimerHandle
+            return DownloadTask(task.candidate_id, task.url, attempts, task.label), delay
+        self._record_failure(task.candidate_id, failure.reason, attempts)
+        return None
 
-            def fire() -> None:
-                self._retries.discard(handle)
-                t = loop.create_task(self.scheduler.submit(retry))
-                self._retry_tasks.add(t)
-                t.add_done_callback(self._retry_tasks.discard)
+    def _host_given_up(self, task: DownloadTask, reason: str) -> None:
+        if not self.aborted:
+            self._record_failure(task.candidate_id, reason, task.attempts)
 
-            handle = loop.call_later(delay, fire)
-            self._retries.add(handle)
-            return
+    def _record_failure(self, candidate_id: int, reason: str, attempts: int) -> None:
         self.stats.inc("failed")
-        self.stats.reason(failure.reason)
-        state = "rejected" if failure.reason.startswith(_REJECT_PREFIXES) else "failed"
-        self.store.record_failure(task.candidate_id, failure.reason, attempts, state)
+        self.stats.reason(reason)
+        state = "rejected" if reason.startswith(_REJECT_PREFIXES) else "failed"
+        self.store.record_failure(candidate_id, reason, attempts, state)
 
-    async def _stored(self, fetched: Fetched, attempts: int) -> None:
+    async def _stored(self, fetched: Fetched, attempts: int, label: str = "") -> None:
         image = await self.files.write(None, fetched.format, fetched.body)
         sha = image.sha256
         self.store.record_fetched(
@@ -343,6 +406,8 @@ class DownloadStage:
         self._recent_shas[sha] = None
         if len(self._recent_shas) > RECENT_SHAS:
             self._recent_shas.pop(next(iter(self._recent_shas)))
+        if self.quota is not None:
+            self.quota.stored(label)
         if self.classify_queue is not None:
             await self.classify_queue.put(ClassifyItem(sha, fetched.body))
         else:

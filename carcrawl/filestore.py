@@ -10,6 +10,7 @@ import asyncio
 import errno
 import hashlib
 import os
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +20,12 @@ from carcrawl.store import StoredImage
 
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "gif": "gif", "webp": "webp", "bmp": "bmp", "tiff": "tif", "avif": "avif", "heic": "heic"}
 TMP_DIR = ".tmp"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def relative_path(sha256: str, fmt: str) -> str:
     """Where an image lives, relative to the output folder. Only hex digits reach the path."""
-    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+    if _SHA256.fullmatch(sha256) is None:
         raise ValueError(f"not a sha256 hex digest: {sha256[:80]!r}")
     return f"images/{sha256[:2]}/{sha256[2:4]}/{sha256}.{EXTENSIONS.get(fmt, 'bin')}"
 

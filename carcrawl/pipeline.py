@@ -31,6 +31,7 @@ from carcrawl.errors import CarcrawlError
 from carcrawl.filestore import ImageFiles
 from carcrawl.models import Query
 from carcrawl.net import HttpClient, TokenBucket
+from carcrawl.quota import Quota
 from carcrawl.search import Engine, SearchStage
 from carcrawl.stats import Stats
 from carcrawl.store import Store, open_readonly, status_counts
@@ -64,7 +65,11 @@ class RunResult:
 
 class Pipeline:
     """One crawl run. ``stop()`` (first Ctrl-C) drains and commits; cancelling the task of
-    :meth:`run` (second Ctrl-C) stops at once; a kill loses only uncommitted rows."""
+    :meth:`run` (second Ctrl-C) stops at once; a kill loses only uncommitted rows.
+
+    Every task has an owner: the stages, the checkpoint's flusher and the progress reporter run
+    in one ``asyncio.TaskGroup``, so a stage that fails (a full disk, a classifier that will not
+    load, a commit that fails) cancels the others and the run ends with that stage's error."""
 
     def __init__(
         self,
@@ -75,6 +80,7 @@ class Pipeline:
         fresh: bool = False,
         on_event: Callable[[str, Any], None] | None = None,
         classifier_loader: Callable[[ClassifyConfig], Any] = load_classifier,
+        search_only: bool = False,
     ):
         self.settings = settings
         self.job = job
@@ -83,8 +89,10 @@ class Pipeline:
         self.stats = Stats()
         self.on_event = on_event or (lambda kind, data: None)
         self.classifier_loader = classifier_loader
+        self.search_only = search_only  # load the job and search; downloads are left to shards
         self._stages: list[Any] = []
         self.stopping = False
+        self.capped = False  # stopped because --max-images was reached: a finished run, not an interrupted one
         self.classifier_name: str | None = None
 
     def stop(self) -> None:
@@ -113,7 +121,6 @@ class Pipeline:
             if removed:
                 self.on_event("temp_removed", removed)
             await self._load_job(store)
-            store.start_flusher()
             pending = await store.count_pending_work()
             self.on_event("start", {"searches": pending[0], "candidates": pending[1], "unclassified": pending[2]})
             async with HttpClient(s.download, s.user_agent, s.crawl.allow_networks) as client:
@@ -126,16 +133,30 @@ class Pipeline:
             state, reason = "failed", str(e)
             raise
         finally:
-            with contextlib.suppress(Exception):
-                store.record_progress(run_id, *self._progress_numbers())
-                await store.finish_run(run_id, state, reason)
+            # the last commit and the close run to their end even if a second Ctrl-C cancels us
+            # meanwhile: an open aiosqlite connection is a live thread, which would hang the exit
+            closing = asyncio.ensure_future(self._close(store, run_id, state, reason))
             try:
-                await store.close()
-            except CarcrawlError:
-                if state != "failed":  # the last commit failed: say so (unless an error is already on its way)
-                    raise
+                await asyncio.shield(closing)
+            except asyncio.CancelledError:
+                if not closing.done():
+                    await closing
+                raise
         status = await asyncio.to_thread(_read_status, s.checkpoint_path)
         return RunResult(state, run_id, self.stats.snapshot()["elapsed_s"], self.stats.snapshot(), status, self.classifier_name)  # type: ignore[arg-type]
+
+    async def _close(self, store: Store, run_id: int, state: str, reason: str | None) -> None:
+        with contextlib.suppress(Exception):
+            store.record_progress(run_id, *self._progress_numbers())
+            # the stages are over, so nothing is in flight: what is still marked so (queued,
+            # waiting for a retry, cut off by a failure) is work for the next run
+            await store.reset_in_flight()
+            await store.finish_run(run_id, state, reason)
+        try:
+            await store.close()
+        except CarcrawlError:
+            if state != "failed":  # the last commit failed: say so (unless an error is already on its way)
+                raise
 
     async def _load_job(self, store: Store) -> None:
         s = self.settings
@@ -184,11 +205,12 @@ class Pipeline:
 
     async def _run_stages(self, store: Store, client: HttpClient, files: ImageFiles, run_id: int) -> None:
         s = self.settings
-        classify_on = s.classify.enabled
+        classify_on = s.classify.enabled and not self.search_only
         queue: asyncio.Queue[ClassifyItem | None] | None = asyncio.Queue(s.download.queue_size) if classify_on else None
         search = SearchStage(store, client, self._engines(), self.stats)
-        download = DownloadStage(store, client, files, s.download, self.stats, queue, max_pixels=s.classify.max_pixels)
-        self._stages = [search, download]
+        download = DownloadStage(store, client, files, s.download, self.stats, queue, max_pixels=s.classify.max_pixels,
+                                 quota=await self._quota(store))
+        self._stages: list[Any] = [search, download]
         classify = None
         if classify_on:
             assert queue is not None
@@ -199,52 +221,100 @@ class Pipeline:
 
             classify = ClassifyStage(store, files, s.classify, self.stats, queue, self.classifier_loader, ready)
             classify.start_loading()
+            self._stages.append(classify)
         if self.stopping:
             for stage in self._stages:
                 stage.stop()
+        elif self.capped:  # the cap was reached before this run stored anything
+            search.stop()
+            download.stop()
         search_done = asyncio.Event()
+        stages_done = asyncio.Event()
 
         async def searching() -> None:
-            try:
-                await search.run()
-            finally:
-                await store.flush()
-                search_done.set()
+            await search.run()
+            await store.flush()
+            search_done.set()
 
         async def downloading() -> None:
             try:
                 await download.run(search_done)
-            except asyncio.CancelledError:
-                download.abort()
-                raise
             finally:
                 await files.drain()
-                if queue is not None:
-                    await queue.put(None)
+            if queue is not None:  # only on a normal end: a cancelled run has no classifier to tell
+                await queue.put(None)
+
+        known = store.new_candidates  # the distinct URLs loaded before the start event counted them
 
         async def reporting() -> None:
-            while True:
-                await asyncio.sleep(s.store.commit_interval)
+            while not stages_done.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stages_done.wait(), s.store.commit_interval)
+                self.stats.counts["new_candidates"] = store.new_candidates - known
                 store.record_progress(run_id, *self._progress_numbers())
                 self.on_event("progress", self.stats)
 
-        reporter = asyncio.create_task(reporting())
+        async def flushing() -> None:
+            flusher = asyncio.ensure_future(store.flush_forever())
+            ended = asyncio.ensure_future(stages_done.wait())
+            try:
+                await asyncio.wait({flusher, ended}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                flusher.cancel()
+                ended.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await flusher  # its error (a failed commit) ends the run
+
+        async def stages() -> None:
+            async with asyncio.TaskGroup() as inner:
+                inner.create_task(searching(), name="search")
+                if not self.search_only:
+                    inner.create_task(downloading(), name="download")
+                if classify is not None:
+                    inner.create_task(classify.run(), name="classify")
+                    inner.create_task(classify.loaded(), name="classifier-load")
+            stages_done.set()
+
         try:
-            jobs = [searching(), downloading()] + ([classify.run()] if classify else [])
-            results = await asyncio.gather(*jobs, return_exceptions=True)
-        finally:
-            reporter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reporter
-        if download.fatal is not None:
-            raise download.fatal
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
+            async with asyncio.TaskGroup() as group:
+                group.create_task(stages(), name="stages")
+                group.create_task(flushing(), name="store-flusher")
+                group.create_task(reporting(), name="progress")
+        except BaseExceptionGroup as eg:
+            raise _first_error(eg) from None
+
+    async def _quota(self, store: Store) -> Quota | None:
+        c = self.settings.crawl
+        if not c.max_images and not c.per_class:
+            return None
+        total, counts = await store.stored_per_class()
+
+        def full() -> None:
+            # like a drain, but only of search and download: what was stored still gets classified
+            self.capped = True
+            self.on_event("capped", c.max_images)
+            for stage in self._stages[:2]:
+                stage.stop()
+
+        quota = Quota(c.max_images, c.per_class, total, counts, on_full=full)
+        if quota.full:
+            full()
+        return quota
 
     def _progress_numbers(self) -> tuple[int, int, int, int, int]:
         c = self.stats.counts
         return (c["searches_done"], c["fetched"], c["failed"], c["classified"], c["bytes"])
+
+
+def _first_error(eg: BaseExceptionGroup) -> BaseException:
+    """The error to end the run with: the first that is not a cancellation (a TaskGroup gathers
+    the failing stage's error and what the others raised while they were cancelled)."""
+    for e in eg.exceptions:
+        if isinstance(e, BaseExceptionGroup):
+            e = _first_error(e)
+        if not isinstance(e, asyncio.CancelledError):
+            return e
+    return eg.exceptions[0]
 
 
 def _settings_json(settings: Settings) -> str:
@@ -289,4 +359,6 @@ async def run_with_signals(pipeline: Pipeline) -> RunResult:
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+            if presses:  # already stopping: a late press must not kill the process mid-exit
+                signal.signal(sig, signal.SIG_IGN)
 

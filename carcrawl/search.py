@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 MAX_PAGE_RETRIES = 3
 MAX_BLOCKS_PER_SEARCH = 3
+#: problems that mean "the engine is overloaded": they pause the engine's bucket
+ENGINE_OVERLOAD = frozenset({"http_429", "http_503"})
 
 
 @dataclass
@@ -45,16 +47,21 @@ class SearchStage:
         self.stopping = False
 
     async def run(self) -> None:
-        await asyncio.gather(*(self._run_engine(name, eng) for name, eng in self.engines.items()))
+        """One feeder and ``concurrency`` workers per engine, all in one TaskGroup: a worker that
+        fails cancels the rest and the error goes up to the pipeline."""
+        async with asyncio.TaskGroup() as group:
+            for name, eng in self.engines.items():
+                group.create_task(self._run_engine(name, eng), name=f"search-{name}")
 
     def stop(self) -> None:
         self.stopping = True
 
     async def _run_engine(self, name: str, engine: Engine) -> None:
         queue: asyncio.Queue[SearchTask | None] = asyncio.Queue(maxsize=engine.settings.concurrency * 2)
-        workers = [asyncio.create_task(self._worker(engine, queue)) for _ in range(engine.settings.concurrency)]
-        after_id = 0
-        try:
+        async with asyncio.TaskGroup() as workers:
+            for i in range(engine.settings.concurrency):
+                workers.create_task(self._worker(engine, queue), name=f"search-{name}-{i}")
+            after_id = 0
             while not self.stopping:
                 tasks = await self.store.next_searches(name, after_id, 100)
                 if not tasks:
@@ -64,10 +71,8 @@ class SearchStage:
                     if self.stopping:
                         break
                     await queue.put(t)
-        finally:
-            for _ in workers:
+            for _ in range(engine.settings.concurrency):
                 await queue.put(None)
-            await asyncio.gather(*workers)
 
     async def _worker(self, engine: Engine, queue: asyncio.Queue[SearchTask | None]) -> None:
         while (task := await queue.get()) is not None:
@@ -107,7 +112,14 @@ class SearchStage:
                 continue
             if page.problem and retryable and retries < MAX_PAGE_RETRIES:
                 retries += 1
-                await asyncio.sleep(backoff_delay(retries, 1.0, 120.0, retry_after))
+                delay = backoff_delay(retries, 1.0, 120.0, retry_after)
+                if page.problem in ENGINE_OVERLOAD:
+                    # the engine says it is overloaded: the whole engine waits, not just this query
+                    # (the other workers' next acquire waits for the pause too)
+                    log.warning("%s answered %s; pausing the engine for %.1f s", source.name, page.problem, delay)
+                    engine.bucket.pause(delay)
+                else:
+                    await asyncio.sleep(delay)
                 continue
             if page.problem and page.problem not in ("no_results", "empty") and not page.candidates:
                 self.stats.reason(f"search:{page.problem}")

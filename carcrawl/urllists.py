@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
+from carcrawl import urlsafety
 from carcrawl.errors import InputFileError
 from carcrawl.models import Labels
 
@@ -52,6 +53,8 @@ LABEL_COLUMNS: dict[str, tuple[str, ...]] = {
     "category": ("category", "label"),
 }
 MAX_REPORTED_ERRORS = 10
+#: the longest URL carcrawl accepts (a longer one is a bad row, never sent)
+MAX_URL_LENGTH = urlsafety.MAX_URL_LENGTH
 _TRUE = {"1", "true", "yes", "y", "t"}
 _FALSE = {"0", "false", "no", "n", "f", ""}
 _INDEX_SUFFIX_RE = re.compile(r"_\d+$")
@@ -128,6 +131,33 @@ def validate(
     return count
 
 
+def count_rows(
+    path: str | Path, *, url_column: str = "url", format: str | None = None, stop_after_errors: bool = True
+) -> tuple[int, int, list[str]]:
+    """``(good, bad, first_errors)`` for a URL list in one pass; the first
+    :data:`MAX_REPORTED_ERRORS` error lines are kept. ``stop_after_errors`` stops counting once
+    that many bad rows are seen (the file is going to be refused anyway)."""
+    good = bad = 0
+    first: list[str] = []
+    for item in _scan(Path(path), detect_format(path, format), url_column, None):
+        if isinstance(item, str):
+            bad += 1
+            if len(first) < MAX_REPORTED_ERRORS:
+                first.append(item)
+            elif stop_after_errors:
+                break
+        else:
+            good += 1
+    return good, bad, first
+
+
+def raise_bad_rows(errors: list[str], *, more: bool) -> None:
+    """The error :func:`validate` raises, for rows :func:`count_rows` found."""
+    tail = "\n(more bad rows follow; fix these and run again, or pass --skip-bad-lines)" if more else (
+        "\n(fix these and run again, or pass --skip-bad-lines to skip them)")
+    raise InputFileError("\n".join(errors) + tail)
+
+
 def read_urls(
     path: str | Path,
     *,
@@ -135,18 +165,24 @@ def read_urls(
     format: str | None = None,
     label_columns: Mapping[str, str] | None = None,
     check_first: bool = True,
+    skip_bad: bool = False,
 ) -> Iterator[UrlRow]:
     """Stream the rows of a URL list. The whole file is validated first (``check_first``), so the
-    error, if any, comes from this call, before a single row is handed out."""
+    error, if any, comes from this call, before a single row is handed out. With ``skip_bad``
+    rows without a usable URL are passed over (the caller counted them with :func:`count_rows`)."""
     fmt = detect_format(path, format)
-    if check_first:
+    if check_first and not skip_bad:
         validate(path, url_column=url_column, format=fmt, label_columns=label_columns)
-    return _rows(Path(path), fmt, url_column, label_columns)
+    return _rows(Path(path), fmt, url_column, label_columns, skip_bad)
 
 
-def _rows(path: Path, fmt: str, url_column: str, label_columns: Mapping[str, str] | None) -> Iterator[UrlRow]:
+def _rows(
+    path: Path, fmt: str, url_column: str, label_columns: Mapping[str, str] | None, skip_bad: bool = False
+) -> Iterator[UrlRow]:
     for item in _scan(path, fmt, url_column, label_columns):
         if isinstance(item, str):
+            if skip_bad:
+                continue
             raise InputFileError(item)  # the file changed since it was validated
         yield item
 
@@ -165,28 +201,37 @@ def _scan(
         yield from _scan_parquet(path, url_column, label_columns)
 
 
+def _show(url: str) -> str:
+    """A URL as an error message may show it: no user name or password, at most 100 characters."""
+    shown = urlsafety.strip_credentials(url)[0]
+    return repr(shown if len(shown) <= 100 else shown[:100] + "...")
+
+
 def check_url(value: Any) -> str | None:
     """Why ``value`` is not a usable http(s) URL, or ``None`` when it is."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return "empty"
     if not isinstance(value, str):
-        return f"not text: {value!r}"
+        shown = repr(value)
+        return f"not text: {shown if len(shown) <= 100 else shown[:100] + '...'}"
     url = value.strip()
+    if len(url) > MAX_URL_LENGTH:
+        return f"longer than {MAX_URL_LENGTH} characters ({len(url)}), the most carcrawl sends: {_show(url)}"
     if (m := _PLAIN_URL_RE.match(url)) is not None and (m.group(1) is None or int(m.group(1)) <= 65535):
         return None  # the common case, without the cost of urlsplit
     if any(c.isspace() for c in url):
-        return f"contains whitespace: {url!r}"
+        return f"contains whitespace: {_show(url)}"
     if _CONTROL_RE.search(url):
-        return f"contains control characters: {url!r}"
+        return f"contains control characters: {_show(url)}"
     try:
         parts = urlsplit(url)
         _ = parts.port
     except ValueError as exc:
-        return f"not a valid URL ({exc}): {url!r}"
+        return f"not a valid URL ({exc}): {_show(url)}"
     if parts.scheme.lower() not in ("http", "https"):
-        return f"not an http(s) URL: {url!r}"
+        return f"not an http(s) URL: {_show(url)}"
     if not parts.hostname:
-        return f"no host in URL: {url!r}"
+        return f"no host in URL: {_show(url)}"
     return None
 
 

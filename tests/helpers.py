@@ -27,7 +27,7 @@ async def serve(routes: Callable[[web.Application], None], host: str = "127.0.0.
     await runner.setup()
     site = web.TCPSite(runner, host, 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     try:
         yield f"http://{host}:{port}"
     finally:

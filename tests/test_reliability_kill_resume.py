@@ -111,7 +111,8 @@ def test_twenty_sigkills_and_resumes_end_where_an_uninterrupted_run_ends(tmp_pat
             time.sleep(rng.uniform(0.3, 1.8))
             seen = phase(killed)
             proc.send_signal(signal.SIGKILL)
-            assert proc.wait(30) == -signal.SIGKILL or proc.returncode == 0
+            # a crawl may finish before its kill lands; either way it must not have crashed
+            assert proc.wait(30) in (-signal.SIGKILL, 0)
             phases[seen] += 1
             if (killed / "checkpoint.sqlite").exists():
                 con = sqlite3.connect(killed / "checkpoint.sqlite")

@@ -17,7 +17,7 @@ from test_export_helpers import Shot, build_crawl, other_photos, vehicle_photos
 
 from carcrawl.export import export
 from carcrawl.models import Labels
-from carcrawl.report import link, throughput_svg, write_report
+from carcrawl.report import licence_name, link, merge_licences, plural, throughput_svg, write_report
 
 pytestmark = pytest.mark.usefixtures("shared")
 
@@ -38,7 +38,7 @@ def crawl(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[bytes], 
                   page_url="javascript:alert(2)" if i == 0 else f"https://cars.example/listing?id={i}&x=\"'",
                   license="CC BY 4.0" if i % 2 else None, source="openverse" if i % 2 else "bing")
              for i, b in enumerate(kept)]
-    shots += [Shot(f"http://o.example/{i}.jpg", labels[0], b, keep=False, reason="not_vehicle:dog",
+    shots += [Shot(f"http://o.example/{i}.jpg", labels[0], b, keep=False, reason=("not_vehicle:dog", "interior")[i],
                    top5=(("dog", 0.9),)) for i, b in enumerate(rejected)]
     shots.append(Shot("http://dead.example/x.jpg", labels[0], None))
     build_crawl(out, shots)
@@ -54,11 +54,13 @@ def test_report_contents_and_escaping(crawl: tuple) -> None:
     assert len(re.findall(r"<script\b", page)) == 1  # ours only, with the page's nonce
     assert "javascript:" not in page.replace("javascript:alert(2)</div>", "")  # shown as text at most, never a link
     assert not re.search(r'href="javascript', page)
-    assert 'href="https://cars.example/listing?id=1&amp;x=&quot;&#x27;"' in page
+    assert 'href="https://cars.example/listing?id=1&amp;x=&#34;&#39;"' in page  # markupsafe's escapes
     assert not re.search(r'(src|href)="(https?:)?//[^"]*\.(js|css)', page)  # no CDN
     assert "Content-Security-Policy" in page
     for text in ("ford_mustang", "toyota_camry", "not_vehicle:dog", "http_404", "openverse", "CC BY 4.0", "<svg"):
         assert text in page, text
+    # the reason table counts rejections by what the image was (not one line per ImageNet class)
+    assert re.search(r"<td>not_vehicle</td>\s*<td>1</td>", page) and re.search(r"<td>interior</td>\s*<td>1</td>", page)
     thumbs = list((out / "report_assets" / "thumbs").glob("*.jpg"))
     assert {t.stem for t in thumbs} == {sha(b) for b in kept + rejected}  # 8 kept (<= 8/class) + rejected sample
     assert all(t.stat().st_size < 64_000 for t in thumbs)
@@ -71,6 +73,34 @@ def test_link_and_plot_helpers() -> None:
     assert "Not enough" in throughput_svg([])
     svg = throughput_svg([(0.0, 1, 0, 0, 0, 0), (10.0, 1, 50, 10, 30, 0), (20.0, 1, 150, 10, 90, 0)])
     assert svg.count("<polyline") == 2 and "10.0/s" in svg  # peak: 100 URLs in 10 s
+
+
+def test_plural_licence_names_and_the_time_axis() -> None:
+    assert plural(1, "image") == "1 image" and plural(0, "image") == "0 images" and plural(2, "image") == "2 images"
+    for a, b in (("CC0", "CC0 1.0"), ("Public domain", "Public Domain Mark 1.0"), ("cc-by-sa 4.0", "CC BY-SA 4.0"),
+                 ("CC BY 2.0", "by 2.0"), ("pdm", "Public domain")):
+        assert licence_name(a) == licence_name(b), (a, b)
+    assert licence_name("CC BY 4.0") != licence_name("CC BY-SA 4.0") != licence_name("CC BY-NC 4.0")
+    assert licence_name("All rights reserved") == "All rights reserved"
+    assert merge_licences([("CC0", 3), ("CC0 1.0", 2), ("Public Domain Mark 1.0", 4), ("Public domain", 0)]) == [
+        ("CC0 1.0", 5), ("Public domain", 4)]
+    # an 11.3 s run sampled until 9 s: the axis still ends at the run's end
+    samples = [(100.0 + t, 1, 10 * t, 0, 5 * t, 0) for t in range(10)]
+    svg = throughput_svg(samples, span=(100.0, 111.3))
+    assert ">11.3 s<" in svg and ">9.0 s<" not in svg
+    assert ">9.0 s<" in throughput_svg(samples)  # without the span: the samples' own range
+
+
+def test_a_missed_escape_cannot_inject(crawl: tuple, tmp_path: Path) -> None:
+    """Labels, reasons and licences come from the web or the user: every one lands escaped."""
+    out = tmp_path / "evil"
+    body = vehicle_photos(1)[0].read_bytes()
+    shots = [Shot("http://e.example/1.jpg", Labels(category=EVIL), body, title=EVIL, license=EVIL,
+                  reason=f"vehicle:{EVIL}", top5=((EVIL, 0.9),), source="urls", page_url=f"http://p.example/{EVIL}")]
+    build_crawl(out, shots)
+    page = write_report(out, tmp_path / "evil.html").read_text()
+    assert EVIL not in page and len(re.findall(r"<script\b", page)) == 1
+    assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 5  # label, title, licence, reason, top label
 
 
 def test_cli_report(crawl: tuple, tmp_path: Path) -> None:

@@ -92,7 +92,7 @@ async def test_hosts_are_distinct_loopback_addresses() -> None:
                 assert r.status == 200
         assert set(sb.access_log.hosts()) == set(addrs)
         assert all(urlsplit(u).hostname == "127.0.0.1" for u in sb.engine_urls.values())
-        assert len(set(sb.engine_urls.values())) == len(sb.engine_urls)
+        assert len(set(sb.engine_urls.values())) == 1  # one address for every engine
         async with http.get(sb.engine_url("bing") + "/images/async?q=x") as r:
             await r.read()
         assert sb.access_log.counts()["bing"] == 1
@@ -125,11 +125,11 @@ def _free_port_block(n: int) -> int:
 
 
 async def test_a_fixed_port_is_used_by_every_site() -> None:
-    port = _free_port_block(5)
+    port = _free_port_block(1)
     async with Sandbox(latency_ms=(0, 0), hosts=3, port=port) as sb:
         assert set(sb.layout.host_ports) == {port}
-        assert sb.engine_url("bing") == f"http://127.0.0.1:{port}"
-        assert sorted(int(u.rsplit(":", 1)[1]) for u in sb.engine_urls.values()) == list(range(port, port + 5))
+        # every engine answers on one address, so `crawl --sandbox URL` needs only that one
+        assert set(sb.engine_urls.values()) == {f"http://127.0.0.1:{port}"}
 
 
 # -------------------------------------------------------------------------- image serving
@@ -294,7 +294,7 @@ def test_standalone_entry_point_prints_urls_and_stops_on_sigint() -> None:
             if line.startswith("example fault URL"):
                 break
         text = "".join(lines)
-        bing = re.search(r"bing\s+(http://127\.0\.0\.1:\d+)", text)
+        bing = re.search(r"--sandbox (http://127\.0\.0\.1:\d+)", text)
         assert bing and "127.0.0.2:" in text and "127.0.0.3:" in text, text
 
         async def ask() -> bytes:

@@ -14,7 +14,7 @@ from typing import Any
 
 from carcrawl.errors import ConfigError
 from carcrawl.export.formats import WRITERS
-from carcrawl.export.plan import DatasetPlan, build_plan
+from carcrawl.export.plan import build_plan
 from carcrawl.store.dataset import DatasetDB
 
 FORMATS = tuple(WRITERS)
@@ -45,7 +45,10 @@ class ExportSummary:
             + ", ".join(f"{k} {v}" for k, v in self.splits.items()),
         ]
         if self.excluded:
-            lines.append("  not exported: " + ", ".join(f"{k} {v}" for k, v in list(self.excluded.items())[:8]))
+            shown = list(self.excluded.items())[:8]
+            rest = len(self.excluded) - len(shown)
+            more = f" and {rest} more reasons ({sum(list(self.excluded.values())[8:])} images)" if rest else ""
+            lines.append("  not exported: " + ", ".join(f"{k} {v}" for k, v in shown) + more)
         if self.label_conflicts:
             lines.append(f"  {self.label_conflicts} exported images were found under conflicting labels "
                          "(see label_conflict in the manifest)")
@@ -56,10 +59,13 @@ class ExportSummary:
         return "\n".join(lines)
 
 
-def plan_dataset(target_dir: str | Path, **kwargs: Any) -> DatasetPlan:
-    """The plan alone (what the report shows), without writing anything but the remembered splits."""
+def plan_dataset(target_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """What the plan decides (per-class split counts, exclusions), without writing anything but
+    the remembered splits."""
     with DatasetDB.open(target_dir) as db:
-        return build_plan(db, **kwargs)
+        plan = build_plan(db, **kwargs)
+        return {"per_class": plan.split_counts(), "excluded": plan.excluded_counts(),
+                "images": plan.exported_count, "classes": plan.classes}
 
 
 def export(
@@ -77,7 +83,8 @@ def export(
 ) -> ExportSummary:
     """Write the dataset of the crawl in ``target_dir`` as ``fmt`` to ``to`` (default
     ``<target_dir>/export/<fmt>``). Reviewer marks always win; ``refined`` lets the probe's
-    scores (``carcrawl refine``) decide instead of the classifier's verdicts."""
+    scores (``carcrawl refine``) decide instead of the classifier's verdicts. The plan and the
+    writer stream the checkpoint: memory does not grow with the crawl (see :mod:`.splits`)."""
     if fmt not in WRITERS:
         raise ConfigError(f"--format: expected one of {', '.join(WRITERS)}, got {fmt!r}")
     out = Path(to) if to is not None else Path(target_dir) / "export" / fmt
@@ -86,7 +93,7 @@ def export(
             raise ConfigError("--refined: no probe yet; run `carcrawl refine` after `carcrawl review import`")
         plan = build_plan(db, scheme=scheme, labels=labels, ratios=ratios, seed=seed, min_count=min_count,
                           merge_map=merge_map, refined=refined)
-    details = WRITERS[fmt](plan, out)
+        details = WRITERS[fmt](plan, out)
     per_class = plan.split_counts()
     splits = {s: sum(c[s] for c in per_class.values()) for s in ("train", "val", "test")}
     missing = {
@@ -94,8 +101,8 @@ def export(
         for s, share in zip(("train", "val", "test"), plan.ratios, strict=True) if share > 0
     }
     return ExportSummary(
-        format=fmt, path=details["path"], scheme=scheme, images=len(plan.exported), classes=len(per_class),
+        format=fmt, path=details["path"], scheme=scheme, images=plan.exported_count, classes=len(per_class),
         splits=splits, per_class=per_class, excluded=plan.excluded_counts(),
-        label_conflicts=sum(1 for e in plan.exported if e.label_conflict), missing_from_split=missing,
+        label_conflicts=plan.label_conflicts, missing_from_split=missing,
         details=details,
     )

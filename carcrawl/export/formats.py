@@ -10,10 +10,15 @@ complete, so an interrupted export never leaves a half dataset under the real na
 Images are hard-linked from ``images/`` when the filesystem allows (no copy, no extra space; the
 files are content-addressed and never rewritten), else copied. File names are content hashes;
 class folder names go through :func:`carcrawl.export.labels.safe_name`.
+
+Every writer streams the plan (:meth:`DatasetPlan.iter_entries`): ImageFolder and HF write as the
+entries come, WebDataset fetches each split's shuffled order a page at a time, Parquet goes through
+one ``ParquetWriter`` in batches of :data:`PARQUET_BATCH` rows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -22,19 +27,21 @@ import shutil
 import tarfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from carcrawl.errors import CarcrawlError
 from carcrawl.export.labels import folder_names, inside
 from carcrawl.export.plan import DatasetPlan, Entry
+from carcrawl.export.splits import SPLITS
 from carcrawl.filestore import EXTENSIONS, relative_path
 
 MARKER = ".carcrawl-export.json"
 HF_SPLIT = {"train": "train", "val": "validation", "test": "test"}
 SHARD_SAMPLES = 1000
 SHARD_BYTES = 512 * 1024 * 1024
+PARQUET_BATCH = 5_000
 
 
 def source_path(plan: DatasetPlan, e: Entry) -> Path:
@@ -46,7 +53,7 @@ def file_name(e: Entry) -> str:
     return f"{e.record.sha256}.{EXTENSIONS.get(e.record.format, 'bin')}"
 
 
-def _place(src: Path, dst: Path) -> None:
+def _place(src: Path | str, dst: Path | str) -> None:
     try:
         os.link(src, dst)
     except OSError:
@@ -104,7 +111,7 @@ class _Output:
 
 def _marker(root: Path, plan: DatasetPlan, fmt: str, extra: dict[str, Any]) -> None:
     info = {"format": fmt, "scheme": plan.scheme, "seed": plan.seed, "ratios": plan.ratios,
-            "images": len(plan.exported), "classes": plan.classes, "written_at": time.time(), **extra}
+            "images": plan.exported_count, "classes": plan.classes, "written_at": time.time(), **extra}
     (root / MARKER).write_text(json.dumps(info, indent=1))
 
 
@@ -120,44 +127,47 @@ def _classes_file(root: Path, plan: DatasetPlan, folders: dict[str, str] | None 
 def write_imagefolder(plan: DatasetPlan, to: Path) -> dict[str, Any]:
     folders = folder_names(plan.classes)
     with _Output(to) as root:
-        made: set[Path] = set()
+        made: dict[tuple[str, str], str] = {}
         for split in ("train", "val", "test"):
             (root / split).mkdir()
-        for e in plan.exported:
+        for e in plan.iter_exported():
             assert e.label is not None and e.split is not None
-            d = inside(root, e.split, folders[e.label])
-            if d not in made:
-                d.mkdir(parents=True, exist_ok=True)
-                made.add(d)
-            _place(source_path(plan, e), d / file_name(e))
+            d = made.get((e.split, e.label))
+            if d is None:  # checked and made once per class folder, not once per image
+                folder = inside(root, e.split, folders[e.label])
+                folder.mkdir(parents=True, exist_ok=True)
+                d = made[(e.split, e.label)] = str(folder)
+            _place(source_path(plan, e), os.path.join(d, file_name(e)))
         _classes_file(root, plan, folders)
         _marker(root, plan, "imagefolder", {})
     return {"path": str(to)}
 
 
+HF_KEEP = ("sha256", "label", "make", "model", "color", "body_type", "category", "url", "source", "query",
+           "page_url", "title", "license", "license_url", "creator", "attribution", "width", "height",
+           "verdict_reason", "top_labels", "top_scores", "review_mark", "refined_score", "cluster",
+           "label_conflict")
+
+
 def write_hf(plan: DatasetPlan, to: Path) -> dict[str, Any]:
-    keep = ("sha256", "label", "make", "model", "color", "body_type", "category", "url", "source", "query",
-            "page_url", "title", "license", "license_url", "creator", "attribution", "width", "height",
-            "verdict_reason", "top_labels", "top_scores", "review_mark", "refined_score", "cluster",
-            "label_conflict")
-    with _Output(to) as root:
-        by_split: dict[str, list[Entry]] = {}
-        for e in plan.exported:
+    with _Output(to) as root, contextlib.ExitStack() as files:
+        meta: dict[str, Any] = {}
+        for e in plan.iter_exported():
             assert e.split is not None
-            by_split.setdefault(e.split, []).append(e)
-        for split, entries in by_split.items():
-            d = root / HF_SPLIT[split]
-            d.mkdir()
-            with open(d / "metadata.jsonl", "w", encoding="utf-8") as meta:
-                for e in entries:
-                    _place(source_path(plan, e), d / file_name(e))
-                    row = manifest_row(plan, e)
-                    meta.write(json.dumps({"file_name": file_name(e), **{k: _hf_value(k, row[k]) for k in keep}},
-                                          ensure_ascii=False))
-                    meta.write("\n")
+            d = root / HF_SPLIT[e.split]
+            out = meta.get(e.split)
+            if out is None:
+                d.mkdir()
+                out = meta[e.split] = files.enter_context(open(d / "metadata.jsonl", "w", encoding="utf-8"))
+            _place(source_path(plan, e), d / file_name(e))
+            row = manifest_row(plan, e)
+            out.write(json.dumps({"file_name": file_name(e), **{k: _hf_value(k, row[k]) for k in HF_KEEP}},
+                                 ensure_ascii=False))
+            out.write("\n")
+        files.close()
         _classes_file(root, plan)
         _marker(root, plan, "hf", {})
-    return {"path": str(to), "splits": sorted(HF_SPLIT[s] for s in by_split)}
+    return {"path": str(to), "splits": sorted(HF_SPLIT[s] for s in meta)}
 
 
 def _hf_value(key: str, value: Any) -> Any:
@@ -184,10 +194,10 @@ def write_webdataset(plan: DatasetPlan, to: Path, shard_samples: int = SHARD_SAM
     index = {c: i for i, c in enumerate(plan.classes)}
     shards: list[str] = []
     with _Output(to) as root:
-        for split in ("train", "val", "test"):
-            entries = sorted((e for e in plan.exported if e.split == split), key=lambda e: e.record.sha256)
-            random.Random(f"{plan.seed}:{split}").shuffle(entries)  # training reads shards in order
-            for i, shard in enumerate(_shards(entries, shard_samples)):
+        for split_i, split in enumerate(SPLITS):
+            order = plan.indices(split_i)  # sha256 order, 4 bytes per image
+            random.Random(f"{plan.seed}:{split}").shuffle(order)  # training reads shards in order
+            for i, shard in enumerate(_shards(plan.entries_at(order), shard_samples)):
                 name = f"{split}-{i:06d}.tar"
                 shards.append(name)
                 with tarfile.open(root / name, "w") as tar:
@@ -203,31 +213,25 @@ def write_webdataset(plan: DatasetPlan, to: Path, shard_samples: int = SHARD_SAM
     return {"path": str(to), "shards": shards}
 
 
-def _shards(entries: list[Entry], max_samples: int) -> list[list[Entry]]:
-    """Cut a split into shards of at most ``max_samples`` samples and about ``SHARD_BYTES`` bytes."""
-    out: list[list[Entry]] = []
+def _shards(entries: Iterable[Entry], max_samples: int) -> Iterator[list[Entry]]:
+    """Cut a split into shards of at most ``max_samples`` samples and about ``SHARD_BYTES`` bytes
+    (one shard's entries in memory at a time)."""
+    shard: list[Entry] = []
     size = 0
     for e in entries:
-        if not out or len(out[-1]) >= max_samples or size >= SHARD_BYTES:
-            out.append([])
-            size = 0
-        out[-1].append(e)
+        if shard and (len(shard) >= max_samples or size >= SHARD_BYTES):
+            yield shard
+            shard, size = [], 0
+        shard.append(e)
         size += e.record.bytes
-    return out
+    if shard:
+        yield shard
 
 
-def write_parquet(plan: DatasetPlan, to: Path) -> dict[str, Any]:
+def _manifest_schema(plan: DatasetPlan) -> Any:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    single = to.suffix == ".parquet"
-    rows = []
-    for e in plan.entries:
-        row = manifest_row(plan, e)
-        row["path"] = os.path.relpath(source_path(plan, e).resolve(), (to.parent if single else to).resolve())
-        row["body_type_vector"] = list(row["body_type_vector"].items())
-        rows.append(row)
-    schema = pa.schema([
+    return pa.schema([
         ("sha256", pa.string()), ("path", pa.string()), ("label", pa.string()), ("split", pa.string()),
         ("in_dataset", pa.bool_()), ("excluded_reason", pa.string()), ("scheme", pa.string()),
         ("make", pa.string()), ("model", pa.string()), ("color", pa.string()), ("body_type", pa.string()),
@@ -243,17 +247,51 @@ def write_parquet(plan: DatasetPlan, to: Path) -> dict[str, Any]:
     ], metadata={"carcrawl.scheme": plan.scheme, "carcrawl.seed": str(plan.seed),
                  "carcrawl.ratios": ",".join(str(r) for r in plan.ratios),
                  "carcrawl.path": "image path relative to the folder holding this file"})
-    table = pa.Table.from_pylist(rows, schema=schema)
+
+
+def _write_manifest(plan: DatasetPlan, path: Path, relative_to: Path) -> None:
+    """Every stored image as a row, written column-wise ``PARQUET_BATCH`` rows at a time (one row
+    group each), so the manifest's memory is one batch whatever the crawl's size."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = _manifest_schema(plan)
+    names = schema.names
+    # images/ab/cd/<sha>.<ext> relative to the manifest: one relpath for the crawl, not one per image
+    prefix = os.path.relpath(plan.out_dir.resolve(), relative_to.resolve())
+    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+        cols: dict[str, list[Any]] = {k: [] for k in names}
+        rows = 0
+        for _i, e in plan.iter_entries():
+            row = manifest_row(plan, e)
+            row["path"] = os.path.join(prefix, relative_path(e.record.sha256, e.record.format))
+            row["body_type_vector"] = list(row["body_type_vector"].items())
+            for k in names:
+                cols[k].append(row[k])
+            rows += 1
+            if rows >= PARQUET_BATCH:
+                writer.write_table(pa.table(cols, schema=schema))
+                cols, rows = {k: [] for k in names}, 0
+        if rows:
+            writer.write_table(pa.table(cols, schema=schema))
+
+
+def write_parquet(plan: DatasetPlan, to: Path) -> dict[str, Any]:
+    single = to.suffix == ".parquet"
     if single:
         to.parent.mkdir(parents=True, exist_ok=True)
         tmp = to.parent / f".{to.name}.tmp-{uuid.uuid4().hex[:8]}"
-        pq.write_table(table, tmp, compression="zstd")
+        try:
+            _write_manifest(plan, tmp, to.parent)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, to)
         return {"path": str(to)}
     to.parent.mkdir(parents=True, exist_ok=True)
     with _Output(to) as root:
-        # paths were made relative to the final folder, which sits beside the temporary one
-        pq.write_table(table, root / "manifest.parquet", compression="zstd")
+        # paths are relative to the final folder, which sits beside the temporary one
+        _write_manifest(plan, root / "manifest.parquet", to)
         _marker(root, plan, "parquet", {})
     return {"path": str(to / "manifest.parquet")}
 

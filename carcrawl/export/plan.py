@@ -9,11 +9,18 @@ The order of decisions, the same for every format:
 5. the label comes from the URLs that delivered the image: majority vote, then the best source;
    an image with conflicting labels is still exported, and the conflict is recorded;
 6. the merge map renames or drops classes, ``labels`` selects some, ``min_count`` drops small ones.
+
+The plan streams: :func:`build_plan` reads the checkpoint once in pages (decisions 1-5 per image)
+and keeps only what the splits need (:class:`carcrawl.export.splits.Splitter`, ~50 bytes per
+image) and per-class counts; :meth:`DatasetPlan.iter_entries` reads it again for the writers,
+one page at a time, so no writer holds more than a page (or a shard) of images.
 """
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,10 +34,13 @@ from carcrawl.export.labels import (
     label_parts,
     read_merge_map,
 )
-from carcrawl.export.splits import SplitItem, assign_splits, normalise_ratios
+from carcrawl.export.splits import SPLITS, Splitter, normalise_ratios
 from carcrawl.store.dataset import CandidateInfo, DatasetDB, ImageRecord
 
 REFINED_THRESHOLD = 0.5
+#: bits of :attr:`DatasetPlan.flags` (what the report's gallery needs, one byte per image)
+REJECTED_BY_MODEL = 1
+MARKED_WRONG = 2
 
 
 @dataclass(slots=True)
@@ -44,34 +54,6 @@ class Entry:
     excluded: str | None = None  # why it is not in the export (None = exported)
     label_conflict: str | None = None
     body_type_vector: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class DatasetPlan:
-    scheme: str
-    seed: int
-    ratios: tuple[float, float, float]
-    entries: list[Entry]
-    out_dir: Path  # the crawl's output folder (where images/ lives)
-
-    @property
-    def exported(self) -> list[Entry]:
-        return [e for e in self.entries if e.excluded is None]
-
-    @property
-    def classes(self) -> list[str]:
-        return sorted({e.label for e in self.exported if e.label})
-
-    def split_counts(self) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {}
-        for e in self.exported:
-            assert e.label is not None and e.split is not None
-            out.setdefault(e.label, {"train": 0, "val": 0, "test": 0})[e.split] += 1
-        return dict(sorted(out.items()))
-
-    def excluded_counts(self) -> dict[str, int]:
-        c = Counter(_reason_kind(e.excluded) for e in self.entries if e.excluded)
-        return dict(c.most_common())
 
 
 def _reason_kind(reason: str | None) -> str:
@@ -89,6 +71,8 @@ def choose_candidate(rec: ImageRecord) -> tuple[CandidateInfo | None, str | None
     """The candidate whose labels the image takes, and the other labels seen (a conflict) if any."""
     if not rec.candidates:
         return None, None
+    if len(rec.candidates) == 1:  # most images: one URL, nothing to vote on
+        return rec.candidates[0], None
     votes: Counter[tuple[str, ...]] = Counter((c.make, c.model, c.color, c.body_type, c.category) for c in rec.candidates)
     best = min(rec.candidates, key=lambda c: _candidate_key(c, votes))
     chosen = (best.make, best.model, best.color, best.body_type, best.category)
@@ -109,6 +93,148 @@ def decide_inclusion(rec: ImageRecord, refined: bool) -> str | None:
     if rec.state != "done":
         return rec.verdict_reason or rec.reason or "rejected"
     return None
+
+
+def _decide(rec: ImageRecord, scheme: str, merge: dict[str, str | None], refined: bool,
+            vectors: dict[tuple[str, str], dict[str, float]]) -> Entry:
+    """Decisions 1-6 (merge map) for one image; label selection and ``min_count`` come later."""
+    cand, conflict = choose_candidate(rec)
+    e = Entry(rec, cand, label_conflict=conflict)
+    if cand is not None:
+        e.body_type_vector = vectors.get((cand.make, cand.model), {})
+    e.excluded = decide_inclusion(rec, refined)
+    if e.excluded:
+        return e
+    if cand is None:
+        e.excluded = "no_label:no_url"
+        return e
+    body_type = cand.body_type or (max(e.body_type_vector, key=lambda k: (e.body_type_vector[k], k))
+                                   if e.body_type_vector else "")
+    parts = label_parts(scheme, cand.make, cand.model, cand.color, body_type, cand.category)
+    if not parts:
+        e.excluded = f"no_label:{scheme}"
+        return e
+    e.label = apply_merge(label_name(parts), merge)
+    if e.label is None:
+        e.excluded = "merge_map:dropped"
+    return e
+
+
+def _group_keys(rec: ImageRecord) -> list[str]:
+    keys = [f"page:{c.page_url}" for c in rec.candidates if c.page_url]
+    if rec.cluster:
+        keys.append(f"cluster:{rec.cluster}")
+    return keys
+
+
+class DatasetPlan:
+    """What an export writes: counts up front, the images themselves streamed from the checkpoint
+    (the plan needs its :class:`DatasetDB` open while a writer reads it)."""
+
+    def __init__(self, db: DatasetDB, scheme: str, seed: int, ratios: tuple[float, float, float],
+                 merge: dict[str, str | None], refined: bool, vectors: dict[tuple[str, str], dict[str, float]],
+                 label_names: list[str], splitter: Splitter, split: array, dropped: dict[int, str],
+                 excluded: Counter[str], conflicts: Counter[int]) -> None:
+        self.db = db
+        self.scheme = scheme
+        self.seed = seed
+        self.ratios = ratios
+        self.out_dir: Path = db.out_dir  # the crawl's output folder (where images/ lives)
+        self._merge, self._refined, self._vectors = merge, refined, vectors
+        self._names, self._splitter, self._split, self._dropped = label_names, splitter, split, dropped
+        per_class: dict[str, dict[str, int]] = {}
+        for i in range(len(splitter)):
+            s = split[i]
+            if s >= 0:
+                label = label_names[splitter.label(i)]
+                per_class.setdefault(label, {"train": 0, "val": 0, "test": 0})[SPLITS[s]] += 1
+        self._per_class = dict(sorted(per_class.items()))
+        self._excluded = Counter(dict(excluded.most_common()))
+        self.exported_count = sum(sum(c.values()) for c in self._per_class.values())
+        self.label_conflicts = sum(n for label_id, n in conflicts.items() if label_id not in dropped)
+        self.classes = sorted(self._per_class)
+        self.flags = array("b")  # per image: REJECTED_BY_MODEL | MARKED_WRONG, set by build_plan
+
+    def class_indices(self) -> dict[str, array]:
+        """label -> indices of its exported images (4 bytes each), in sha256 order."""
+        out: dict[str, array] = {}
+        for i in range(len(self._splitter)):
+            if self._split[i] >= 0:
+                out.setdefault(self._names[self._splitter.label(i)], array("i")).append(i)
+        return out
+
+    def flagged(self, flag: int) -> array:
+        """Indices of the excluded images carrying ``flag``, in sha256 order."""
+        return array("i", (i for i, f in enumerate(self.flags) if f & flag))
+
+    def __len__(self) -> int:
+        """Stored images the plan covers (exported or not)."""
+        return len(self._splitter)
+
+    def split_counts(self) -> dict[str, dict[str, int]]:
+        return {k: dict(v) for k, v in self._per_class.items()}
+
+    def excluded_counts(self) -> dict[str, int]:
+        return dict(self._excluded)
+
+    def split_of(self, i: int) -> int:
+        """The split index (0 train, 1 val, 2 test) of the plan's image ``i``, -1 = not exported."""
+        return self._split[i]
+
+    def sha(self, i: int) -> str:
+        return self._splitter.sha(i)
+
+    def entry(self, i: int, rec: ImageRecord) -> Entry:
+        """The plan's decision about its image ``i`` (whose record is ``rec``)."""
+        e = _decide(rec, self.scheme, self._merge, self._refined, self._vectors)
+        s = self._split[i]
+        if s >= 0:
+            e.label, e.split, e.excluded = self._names[self._splitter.label(i)], SPLITS[s], None
+        elif e.excluded is None:
+            label_id = self._splitter.label(i)
+            # a verdict that arrived between the two reads of a checkpoint a crawl is still writing
+            e.excluded = self._dropped.get(label_id, "changed_during_export") if label_id >= 0 else "changed_during_export"
+        return e
+
+    def iter_entries(self) -> Iterator[tuple[int, Entry]]:
+        """(index, entry) for every image of the plan, in sha256 order, read page by page."""
+        n, i = len(self._splitter), 0
+        if n == 0:
+            return
+        want = self._splitter.sha(0)
+        for rec in self.db.iter_records():
+            if rec.sha256 != want:
+                continue  # an image stored after the plan was made: not in this export
+            yield i, self.entry(i, rec)
+            i += 1
+            if i == n:
+                return
+            want = self._splitter.sha(i)
+
+    def iter_exported(self) -> Iterator[Entry]:
+        return (e for _i, e in self.iter_entries() if e.excluded is None)
+
+    def indices(self, split: int) -> array:
+        """Indices of the plan's images in one split, in sha256 order."""
+        return array("i", (i for i in range(len(self._splitter)) if self._split[i] == split))
+
+    def entries_at(self, indices: Iterator[int] | list[int] | array, page: int = 500) -> Iterator[Entry]:
+        """Entries of the given plan indices, in that order, fetched ``page`` at a time."""
+        batch: list[int] = []
+        for i in indices:
+            batch.append(i)
+            if len(batch) >= page:
+                yield from self._fetch(batch)
+                batch = []
+        if batch:
+            yield from self._fetch(batch)
+
+    def _fetch(self, batch: list[int]) -> Iterator[Entry]:
+        recs = {r.sha256: r for r in self.db.records_by_sha([self._splitter.sha(i) for i in batch])}
+        for i in batch:
+            rec = recs.get(self._splitter.sha(i))
+            if rec is not None:
+                yield self.entry(i, rec)
 
 
 def build_plan(
@@ -133,60 +259,58 @@ def build_plan(
         raise ConfigError(f"--min-count: expected 1 or more, got {min_count}")
     merge = read_merge_map(merge_map) if isinstance(merge_map, Path) else dict(merge_map or {})
     vectors = bodytype_vectors(db.bodytype_hits())
+    plan_key = f"{scheme}|seed={seed}|ratios={','.join(f'{r:.4f}' for r in shares)}"
 
-    entries: list[Entry] = []
-    for rec in db.records():
-        cand, conflict = choose_candidate(rec)
-        e = Entry(rec, cand, label_conflict=conflict)
-        entries.append(e)
-        if cand is not None:
-            e.body_type_vector = vectors.get((cand.make, cand.model), {})
-        e.excluded = decide_inclusion(rec, refined)
-        if e.excluded:
+    names: list[str] = []
+    ids: dict[str, int] = {}
+    sizes: Counter[int] = Counter()
+    conflicts: Counter[int] = Counter()
+    excluded: Counter[str] = Counter()
+    splitter = Splitter()
+    flags = array("b")
+    previous = db.iter_previous_splits(plan_key)
+    prev = next(previous, None)
+    for rec in db.iter_records():
+        while prev is not None and prev[0] < rec.sha256:
+            prev = next(previous, None)
+        earlier = prev[1] if prev is not None and prev[0] == rec.sha256 else None
+        e = _decide(rec, scheme, merge, refined, vectors)
+        if e.excluded is not None or e.label is None:
+            excluded[_reason_kind(e.excluded)] += 1
+            splitter.add(rec.sha256, -1)
+            flags.append((REJECTED_BY_MODEL if rec.keep is False and not rec.near_duplicate_of else 0)
+                         | (MARKED_WRONG if e.excluded == "reviewer:wrong" else 0))
             continue
-        if cand is None:
-            e.excluded = "no_label:no_url"
-            continue
-        body_type = cand.body_type or (max(e.body_type_vector, key=lambda k: (e.body_type_vector[k], k))
-                                       if e.body_type_vector else "")
-        parts = label_parts(scheme, cand.make, cand.model, cand.color, body_type, cand.category)
-        if not parts:
-            e.excluded = f"no_label:{scheme}"
-            continue
-        e.label = apply_merge(label_name(parts), merge)
-        if e.label is None:
-            e.excluded = "merge_map:dropped"
+        flags.append(0)
+        label_id = ids.get(e.label)
+        if label_id is None:
+            label_id = ids[e.label] = len(names)
+            names.append(e.label)
+        sizes[label_id] += 1
+        if e.label_conflict:
+            conflicts[label_id] += 1
+        splitter.add(rec.sha256, label_id, _group_keys(rec), earlier)
 
+    dropped: dict[int, str] = {}
     if labels:
         wanted = {x.strip() for x in labels if x.strip()}
-        present = {e.label for e in entries if e.excluded is None and e.label}
+        present = set(names)
         unknown = sorted(wanted - present)
         if unknown:
             sample = ", ".join(sorted(present)[:12]) or "none"
             raise ConfigError(f"--labels: no exported images have the label(s) {', '.join(unknown)}; "
                               f"labels under scheme {scheme}: {sample}{' ...' if len(present) > 12 else ''}")
-        for e in entries:
-            if e.excluded is None and e.label not in wanted:
-                e.excluded = "label_not_selected"
+        dropped.update({ids[name]: "label_not_selected" for name in names if name not in wanted})
+    for label_id, n in sizes.items():
+        if label_id not in dropped and n < min_count:
+            dropped[label_id] = "below_min_count"
+    for label_id, why in dropped.items():
+        excluded[why] += sizes[label_id]
 
-    sizes = Counter(e.label for e in entries if e.excluded is None)
-    for e in entries:
-        if e.excluded is None and sizes[e.label] < min_count:
-            e.excluded = "below_min_count"
-
-    chosen = [e for e in entries if e.excluded is None]
-    items = []
-    for e in chosen:
-        assert e.label is not None
-        keys = [f"page:{c.page_url}" for c in e.record.candidates if c.page_url]
-        if e.record.cluster:
-            keys.append(f"cluster:{e.record.cluster}")
-        items.append(SplitItem(e.record.sha256, e.label, tuple(keys)))
-    plan_key = f"{scheme}|seed={seed}|ratios={','.join(f'{r:.4f}' for r in shares)}"
-    previous = db.previous_splits(plan_key)
-    assignment = assign_splits(items, shares, seed, previous)
-    for e in chosen:
-        e.split = assignment[e.record.sha256]
-    if remember_splits and assignment:
-        db.save_splits(plan_key, assignment)
-    return DatasetPlan(scheme, seed, shares, entries, db.out_dir)
+    split = splitter.assign(shares, seed, names, dropped)
+    if remember_splits:
+        db.save_splits(plan_key, ((splitter.sha(i), SPLITS[split[i]]) for i in range(len(splitter)) if split[i] >= 0))
+    plan = DatasetPlan(db, scheme, seed, shares, merge, refined, vectors, names, splitter, split, dropped,
+                       excluded, conflicts)
+    plan.flags = flags
+    return plan

@@ -6,13 +6,23 @@ pictures never sit on both sides of the train/test line. Within each label, grou
 largest first, in an order fixed by the seed, to the split furthest below its share. A split
 that an earlier export of the same plan gave an image is kept, so a test image stays a test image
 when the crawl grows.
+
+:class:`Splitter` holds the compact state this needs for a whole crawl, whatever its size: per
+image 32 bytes of sha256, a 4-byte label id and a 1-byte earlier split; per group key (page URL,
+cluster id) an 8-byte hash and a 4-byte owner. About 50 bytes per image (~45 MB at 850k images)
+plus, while assigning, ~30 bytes per image of sort and union-find arrays; nothing else of an image
+is kept. Keys are compared by a 64-bit hash: two different page URLs share one with probability
+~n²/2⁶⁵ (about 10⁻⁸ at a million keys).
 """
 
 from __future__ import annotations
 
 import hashlib
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+import numpy as np
 
 SPLITS = ("train", "val", "test")
 
@@ -32,72 +42,150 @@ def normalise_ratios(ratios: Iterable[float]) -> tuple[float, float, float]:
     return (r[0] / total, r[1] / total, r[2] / total)
 
 
-def groups_of(items: list[SplitItem]) -> list[list[int]]:
-    """Connected components of items that share any group key (union-find over keys)."""
-    parent = list(range(len(items)))
+def _key_hash(key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
 
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
 
-    owner: dict[str, int] = {}
-    for i, it in enumerate(items):
-        for key in (f"sha:{it.sha256}", *it.group_keys):
-            j = owner.setdefault(key, i)
-            if j != i:
-                a, b = find(i), find(j)
-                if a != b:
-                    parent[max(a, b)] = min(a, b)
-    comps: dict[int, list[int]] = {}
-    for i in range(len(items)):
-        comps.setdefault(find(i), []).append(i)
-    return list(comps.values())
+class Splitter:
+    """Collects images in ascending sha256 order (:meth:`add`), then deals their groups to splits
+    (:meth:`assign`). The order matters only for the tie-break "smallest sha256 of a group"."""
+
+    def __init__(self) -> None:
+        self._sha = bytearray()
+        self._label = array("i")
+        self._prev = array("b")
+        self._key_hash = array("Q")
+        self._key_owner = array("i")
+
+    def __len__(self) -> int:
+        return len(self._label)
+
+    def add(self, sha256: str, label: int, keys: Iterable[str] = (), previous: str | None = None) -> int:
+        """Add one image (``label`` a label id, -1 = not in the dataset); returns its index."""
+        i = len(self._label)
+        self._sha += bytes.fromhex(sha256)
+        self._label.append(label)
+        self._prev.append(SPLITS.index(previous) if previous in SPLITS else -1)
+        if label >= 0:
+            for key in keys:
+                self._key_hash.append(_key_hash(key))
+                self._key_owner.append(i)
+        return i
+
+    def sha(self, i: int) -> str:
+        return self._sha[32 * i:32 * i + 32].hex()
+
+    def label(self, i: int) -> int:
+        return self._label[i]
+
+    def assign(self, ratios: Iterable[float], seed: int, label_names: list[str],
+               dropped: Iterable[int] = ()) -> array:
+        """Split index (0 train, 1 val, 2 test; -1 = not in the dataset) per image. Images whose
+        label id is in ``dropped`` are left out (and do not join groups)."""
+        shares = normalise_ratios(ratios)
+        n = len(self._label)
+        out = array("b", bytes(n))
+        if n == 0:
+            return out
+        lab = np.frombuffer(self._label, dtype=np.int32)
+        active = lab >= 0
+        drop = np.fromiter(dropped, dtype=np.int32)
+        if drop.size:
+            active &= ~np.isin(lab, drop)
+        for i in np.flatnonzero(~active).tolist():
+            out[i] = -1
+
+        # groups: union-find over images that share a key (keys sorted by hash: equal ones are neighbours)
+        parent = array("i", range(n))
+
+        def find(x: int) -> int:
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        kh = np.frombuffer(self._key_hash, dtype=np.uint64)
+        ko = np.frombuffer(self._key_owner, dtype=np.int32)
+        keep = active[ko] if ko.size else np.zeros(0, dtype=bool)
+        kh, ko = kh[keep], ko[keep]
+        order = np.lexsort((ko, kh))
+        kh, ko = kh[order], ko[order]
+        for j in np.flatnonzero(kh[1:] == kh[:-1]).tolist():
+            a, b = find(int(ko[j])), find(int(ko[j + 1]))
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+        del kh, ko, order
+
+        members = np.flatnonzero(active).astype(np.int32)
+        roots = np.fromiter((find(i) for i in members.tolist()), dtype=np.int32, count=members.size)
+        by_group = np.lexsort((members, roots))
+        members, roots = members[by_group], roots[by_group]
+        starts = np.flatnonzero(np.r_[True, roots[1:] != roots[:-1]]).astype(np.int64)
+        ends = np.r_[starts[1:], members.size]
+        sizes = ends - starts
+        prev = np.frombuffer(self._prev, dtype=np.int8)
+        gprev = np.maximum.reduceat(prev[members], starts) if members.size else np.zeros(0, dtype=np.int8)
+
+        totals: dict[int, int] = {}
+        for label, count in zip(*np.unique(lab[active], return_counts=True), strict=True):
+            totals[int(label)] = int(count)
+        counts: dict[int, list[int]] = {label: [0, 0, 0] for label in totals}
+        mem = array("i", members.tobytes())
+        labels = self._label
+
+        # a group that grew across earlier splits keeps the most held-out one: no test image moves to train
+        for g in np.flatnonzero(gprev >= 0).tolist():
+            split_i = int(gprev[g])
+            for k in range(int(starts[g]), int(ends[g])):
+                i = mem[k]
+                out[i] = split_i
+                counts[labels[i]][split_i] += 1
+
+        fresh = np.flatnonzero(gprev < 0)
+        hi = np.empty(fresh.size, dtype=np.uint64)
+        lo = np.empty(fresh.size, dtype=np.uint64)
+        for k, g in enumerate(fresh.tolist()):
+            d = hashlib.sha256(f"{seed}:{self.sha(mem[int(starts[g])])}".encode()).digest()
+            hi[k] = int.from_bytes(d[:8], "big")
+            lo[k] = int.from_bytes(d[8:16], "big")
+        fresh = fresh[np.lexsort((lo, hi, -sizes[fresh]))]
+        del hi, lo
+
+        ties: dict[int, bytes] = {}
+        for g in fresh.tolist():
+            s, e = int(starts[g]), int(ends[g])
+            if e - s == 1:
+                label = labels[mem[s]]
+            else:
+                seen: dict[int, int] = {}
+                for k in range(s, e):
+                    seen[labels[mem[k]]] = seen.get(labels[mem[k]], 0) + 1
+                label = min(seen, key=lambda x: (-seen[x], label_names[x]))
+            c, total = counts[label], totals[label]
+            tie = ties.get(label)
+            if tie is None:
+                # ties (small classes: val and test both short by the same amount) go a seeded way per label
+                tie = ties[label] = hashlib.sha256(f"{seed}:{label_names[label]}".encode()).digest()
+            split_i = max(range(3), key=lambda x: (round(shares[x] * total - c[x], 9) if shares[x] > 0
+                                                   else float("-inf"), tie[x]))
+            for k in range(s, e):
+                i = mem[k]
+                out[i] = split_i
+                counts[labels[i]][split_i] += 1
+        return out
 
 
 def assign_splits(
     items: list[SplitItem], ratios: Iterable[float], seed: int, previous: dict[str, str] | None = None
 ) -> dict[str, str]:
-    """sha256 -> ``train`` / ``val`` / ``test``. Deterministic for the same items, ratios and seed."""
-    shares = normalise_ratios(ratios)
+    """sha256 -> ``train`` / ``val`` / ``test``. Deterministic for the same items, ratios and seed
+    (the in-memory form of :class:`Splitter`, for callers holding a list)."""
     previous = previous or {}
-    groups = groups_of(items)
-    totals: dict[str, int] = {}
-    for it in items:
-        totals[it.label] = totals.get(it.label, 0) + 1
-    counts: dict[str, list[int]] = {label: [0, 0, 0] for label in totals}
-
-    def majority_label(g: list[int]) -> str:
-        seen: dict[str, int] = {}
-        for i in g:
-            seen[items[i].label] = seen.get(items[i].label, 0) + 1
-        return min(seen, key=lambda k: (-seen[k], k))
-
-    def order_key(g: list[int]) -> tuple[int, str]:
-        first = min(items[i].sha256 for i in g)
-        return (-len(g), hashlib.sha256(f"{seed}:{first}".encode()).hexdigest())
-
-    out: dict[str, str] = {}
-    fresh: list[list[int]] = []
-    for g in groups:
-        before = [previous[items[i].sha256] for i in g if previous.get(items[i].sha256) in SPLITS]
-        if not before:
-            fresh.append(g)
-            continue
-        # a group that grew across earlier splits keeps the most held-out one: no test image moves to train
-        split = max(before, key=SPLITS.index)
-        for i in g:
-            out[items[i].sha256] = split
-            counts[items[i].label][SPLITS.index(split)] += 1
-    for g in sorted(fresh, key=order_key):
-        label = majority_label(g)
-        c, n = counts[label], totals[label]
-        deficits = [shares[s] * n - c[s] for s in range(3)]
-        # ties (small classes: val and test both short by the same amount) go a seeded way per label
-        tie = hashlib.sha256(f"{seed}:{label}".encode()).digest()
-        split_i = max(range(3), key=lambda s: (round(deficits[s], 9) if shares[s] > 0 else float("-inf"), tie[s]))
-        for i in g:
-            out[items[i].sha256] = SPLITS[split_i]
-            counts[items[i].label][split_i] += 1
-    return out
+    names = sorted({it.label for it in items})
+    ids = {name: i for i, name in enumerate(names)}
+    ordered = sorted(items, key=lambda it: it.sha256)
+    sp = Splitter()
+    for it in ordered:
+        sp.add(it.sha256, ids[it.label], it.group_keys, previous.get(it.sha256))
+    got = sp.assign(ratios, seed, names)
+    return {it.sha256: SPLITS[got[i]] for i, it in enumerate(ordered)}

@@ -19,10 +19,13 @@ from carcrawl.magic import SNIFF_BYTES, STORED_FORMATS, describe_non_image, snif
 from carcrawl.models import Failure, Fetched, HttpRequest
 from carcrawl.net.guard import AddressGuard, BlockedAddressError, GuardedResolver, literal_ip
 from carcrawl.net.politeness import HostLimiter, Lease, parse_retry_after
-from carcrawl.net.robots import RobotsCache
+from carcrawl.net.robots import ROBOTS_UNAVAILABLE, RobotsCache
 
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 RETRYABLE_CODES = frozenset({408, 425, 429, 500, 502, 503, 504})
+#: answers that say the host is overloaded: they pause the whole host
+OVERLOAD_REASONS = frozenset({"http_429", "http_503"})
+RETRY_AFTER_TOO_LONG = "retry_after_too_long"
 _IMAGE_ACCEPT = {"Accept": "image/avif,image/webp,image/*,*/*;q=0.5"}
 
 
@@ -60,7 +63,7 @@ class HttpClient:
         self.user_agent = user_agent
         self.guard = AddressGuard(allow_networks)
         self.hosts = HostLimiter(settings.per_host_concurrency, settings.per_host_interval)
-        self.robots = RobotsCache(self, agent=user_agent.split("/", 1)[0] or "carcrawl")
+        self.robots = RobotsCache(self, agent=user_agent.split("/", 1)[0] or "carcrawl", retry_after=settings.robots_retry)
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> HttpClient:
@@ -112,16 +115,24 @@ class HttpClient:
             for _hop in range(s.max_redirects + 1):
                 self._check_url(current)
                 host = host_key(current)
+                if (why := self.hosts.given_up(host)) is not None:
+                    raise _Abort(why)
                 if lease is None or lease.host != host:
                     if lease is not None:
                         lease.release()
                         lease = None
                     await self.hosts.lease(host)
                     lease = Lease(self.hosts, host)
-                if s.respect_robots and not await self.robots.allowed(current, lease):
-                    raise _Abort("robots_disallowed")
+                if s.respect_robots and (why := await self.robots.check(current, lease)) is not None:
+                    raise _Abort(why, terminal=why != ROBOTS_UNAVAILABLE)
                 await lease.before_request()
-                result = await self._get_image(candidate_id, url, current)
+                try:
+                    result = await self._get_image(candidate_id, url, current)
+                except _Abort as a:
+                    if a.reason in OVERLOAD_REASONS:
+                        self._overloaded(host, a)
+                    raise
+                self.hosts.answered(host)
                 if not isinstance(result, str):
                     return result
                 seen.add(current)
@@ -137,6 +148,16 @@ class HttpClient:
         finally:
             if lease is not None:
                 lease.release()
+
+    def _overloaded(self, host: str, abort: _Abort) -> None:
+        """429/503: pause the whole host for its Retry-After (or a backoff); a Retry-After longer
+        than ``max_retry_after`` gives the host up for the run, with that reason on its URLs."""
+        s = self.settings
+        if abort.retry_after is not None and abort.retry_after > s.max_retry_after:
+            self.hosts.give_up(host, RETRY_AFTER_TOO_LONG)
+            abort.reason, abort.terminal = RETRY_AFTER_TOO_LONG, True
+            return
+        self.hosts.overloaded(host, abort.retry_after, s.backoff_base, s.backoff_max)
 
     def _check_url(self, url: str) -> None:
         parts = urlsplit(url)
@@ -195,12 +216,13 @@ class HttpClient:
         for _ in range(self.settings.max_redirects + 1):
             self._check_url(current)
             host = host_key(current)
-            own = lease is None or lease.host != host
+            own = lease is None
             if own:
                 await self.hosts.lease(host)
-            else:
-                assert lease is not None
+            elif lease is not None and lease.host == host:
                 await lease.before_request()
+            else:  # a redirect to another host under the caller's lease: paced there, not leased
+                await self.hosts.pace(host)
             try:
                 async with self.session.get(current, allow_redirects=False, headers=headers) as resp:
                     if resp.status in REDIRECT_CODES and resp.headers.get("Location"):

@@ -4,6 +4,7 @@ starts), leases, the search engines' token bucket, ``Retry-After`` parsing and b
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import email.utils
 import math
@@ -12,7 +13,9 @@ import time
 
 
 class HostLimiter:
-    """Per host: at most ``cap`` transfers at once, request starts at least ``interval`` apart.
+    """Per host: at most ``cap`` transfers at once, request starts at least ``interval`` apart, and
+    a pause when the host says it is overloaded (429/503, ``Retry-After``) that holds back every
+    request to it, not only the URL that got the answer.
 
     A download *leases* its host for the whole transfer (that is the concurrency cap); each request
     it makes (robots.txt, each redirect hop) is *paced* (that is the interval). State for idle hosts
@@ -23,7 +26,9 @@ class HostLimiter:
         self.interval = interval
         self._active: dict[str, int] = {}
         self._next: dict[str, float] = {}
-        self._changed = asyncio.Event()
+        self._strikes: dict[str, int] = {}  # consecutive overload answers, for backoff without Retry-After
+        self._given_up: dict[str, str] = {}  # hosts abandoned for this run, and why
+        self._waiters: dict[str, collections.deque[asyncio.Future[None]]] = {}
 
     def try_lease(self, host: str) -> float:
         """Lease ``host`` now and return 0.0, or return how long to wait (``inf``: at its cap)."""
@@ -38,13 +43,28 @@ class HostLimiter:
         return 0.0
 
     async def lease(self, host: str) -> None:
+        """Wait for a lease on ``host``. A waiter at the cap is woken by a release of *this* host
+        only (one future per waiter), not by every release of every host."""
         while (wait := self.try_lease(host)) > 0:
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), min(wait, 1.0))
+            if wait == math.inf:
+                fut = asyncio.get_running_loop().create_future()
+                self._waiters.setdefault(host, collections.deque()).append(fut)
+                try:
+                    await fut
+                finally:
+                    q = self._waiters.get(host)
+                    if q is not None:
+                        with contextlib.suppress(ValueError):
+                            q.remove(fut)
+                        if not q:
+                            del self._waiters[host]
+            else:
+                await asyncio.sleep(wait)
 
     async def pace(self, host: str) -> None:
-        """Wait until ``host`` may see another request start (caller holds a lease)."""
+        """Wait until ``host`` may see another request start (caller holds a lease, or must not
+        take one: a robots.txt redirect to another host is paced there, never leased, so no
+        download ever holds two leases)."""
         while (wait := self._next.get(host, 0.0) - time.monotonic()) > 0:
             await asyncio.sleep(wait)
         self._next[host] = time.monotonic() + self.interval
@@ -61,7 +81,43 @@ class HostLimiter:
             now = time.monotonic()
             for h in [h for h, t in self._next.items() if t <= now and h not in self._active]:
                 del self._next[h]
-        self._changed.set()
+        q = self._waiters.get(host)
+        while q:
+            fut = q.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                break
+
+    # -- overload (429/503) ------------------------------------------------------------------
+
+    def pause(self, host: str, seconds: float) -> None:
+        """No request to ``host`` starts for ``seconds`` (leases and paced requests alike)."""
+        until = time.monotonic() + seconds
+        if until > self._next.get(host, 0.0):
+            self._next[host] = until
+
+    def overloaded(self, host: str, retry_after: float | None, base: float, cap: float) -> float:
+        """The host answered 429/503: pause it (for ``Retry-After``, else an exponential backoff
+        that grows with consecutive answers) and return the pause."""
+        strikes = self._strikes.get(host, 0)
+        self._strikes[host] = strikes + 1
+        if len(self._strikes) > 100_000:  # bounded: forget the oldest
+            self._strikes.pop(next(iter(self._strikes)))
+        delay = retry_after if retry_after is not None else backoff_delay(strikes, base, cap)
+        self.pause(host, delay)
+        return delay
+
+    def answered(self, host: str) -> None:
+        """A normal answer: the host's backoff starts again from the bottom."""
+        if self._strikes:
+            self._strikes.pop(host, None)
+
+    def give_up(self, host: str, reason: str) -> None:
+        """Abandon ``host`` for the rest of the run; its URLs are recorded with ``reason``."""
+        self._given_up[host] = reason
+
+    def given_up(self, host: str) -> str | None:
+        return self._given_up.get(host) if self._given_up else None
 
 
 class Lease:

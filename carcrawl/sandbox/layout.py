@@ -51,6 +51,11 @@ _TITLES = (
 )
 
 
+#: of the results that are not faults, this share shows a photo whose tags match the query best
+#: (make and model, else make, else body type or colour); the rest is noise, half other vehicles,
+#: half photos of something else, as a real engine's results are
+MATCH_SHARE = 0.75
+
 _OPERATOR = re.compile(r"(?:^|\s)[a-z]+:\S*", re.IGNORECASE)
 
 
@@ -73,6 +78,19 @@ class PhotoMeta:
     ext: str
     width: int
     height: int
+    make: str = ""  # from TAGS.csv, "" where unknown
+    model: str = ""
+    color: str = ""
+    body_type: str = ""
+
+    def score(self, words: str) -> int:
+        """How well this photo answers a query (``words``: " " + lower-case query + " "): make
+        and model 8, make alone 4, then +2 for the body type and +1 for the colour named."""
+        def named(x: str) -> bool:
+            return bool(x) and f" {x} " in words
+
+        s = 8 if named(self.make) and named(self.model) else 4 if named(self.make) else 0
+        return s + (2 if named(self.body_type) else 0) + (1 if named(self.color) else 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +102,8 @@ class Truth:
     label: str | None = None  # vehicle / other / interior / ""
     variant: str | None = None
     fault: str | None = None
+    make: str = ""  # what the photo shows, where TAGS.csv knows it
+    model: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +206,7 @@ class SandboxLayout:
         try:
             if parts[0] == "img" and len(parts) == 4:
                 p = self.photos[int(parts[1])]
-                return Truth("image", p.name, p.label, parts[2])
+                return Truth("image", p.name, p.label, parts[2], None, p.make, p.model)
             if parts[0] == "f" and len(parts) == 3:
                 i = int(parts[2].split(".")[0])
                 p = self.photos[i % len(self.photos)]
@@ -233,6 +253,11 @@ class SandboxLayout:
     def _pool(self, query: str, n: int) -> list[ResultItem]:
         vehicles = [i for i, p in enumerate(self.photos) if p.label == "vehicle"]
         others = [i for i, p in enumerate(self.photos) if p.label != "vehicle"]
+        words = f" {query.lower()} "
+        scores = {i: self.photos[i].score(words) for i in vehicles}
+        best = max(scores.values(), default=0)
+        matching = [i for i in vehicles if best and scores[i] == best]
+        rest = [i for i in vehicles if i not in matching] or vehicles
         mix = self._mix()
         hosts = len(self.host_addresses)
         q = query
@@ -251,7 +276,16 @@ class SandboxLayout:
                 thumb = self.photo_url(photo, "t", token, host)
                 out.append(ResultItem(url, thumb, page, title, 800, 600, token, photo, fault))
                 continue
-            group = vehicles if (vehicles and (not others or r.random() < 0.75)) else others
+            u = r.random()
+            if matching:  # the query names something the photos show: mostly those, plus noise
+                if u < MATCH_SHARE:
+                    group = matching
+                elif u < MATCH_SHARE + (1 - MATCH_SHARE) / 2 or not others:
+                    group = rest
+                else:
+                    group = others
+            else:
+                group = vehicles if (vehicles and (not others or u < 0.75)) else others
             photo = group[r.randrange(len(group))]
             variant = "n" if r.random() < 0.12 else "o"
             p = self.photos[photo]

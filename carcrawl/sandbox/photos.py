@@ -8,6 +8,7 @@ a JPEG copy of a PNG, the realistic size mix for benchmarks) are made once, on f
 
 from __future__ import annotations
 
+import csv
 import io
 import threading
 from dataclasses import dataclass
@@ -58,9 +59,37 @@ def mime_of(fmt: str) -> str:
     return _MIME.get(fmt, "application/octet-stream")
 
 
+#: what is known of a photo beyond vehicle/other: ``TAGS.csv`` in the photo folder, columns
+#: file,make,model,color,body_type ("" where unknown); the sandbox's engines answer a query with
+#: the photos whose tags match it best
+TAGS_FILE = "TAGS.csv"
+
+
+@dataclass(frozen=True, slots=True)
+class Tags:
+    make: str = ""
+    model: str = ""
+    color: str = ""
+    body_type: str = ""
+
+
+def load_tags(folder: Path) -> dict[str, Tags]:
+    """File name -> :class:`Tags` from the folder's ``TAGS.csv`` (empty when there is none)."""
+    path = Path(folder) / TAGS_FILE
+    if not path.is_file():
+        return {}
+    with path.open(newline="", encoding="utf-8") as f:
+        return {
+            row["file"]: Tags(*(" ".join((row.get(k) or "").split()).lower() for k in ("make", "model", "color", "body_type")))
+            for row in csv.DictReader(f)
+            if row.get("file")
+        }
+
+
 @dataclass(frozen=True, slots=True)
 class Photo:
-    """One photo of the set: its ground-truth label comes from the folder or the file name."""
+    """One photo of the set: its ground-truth label comes from the folder or the file name, its
+    make/model/colour/body type (where known) from ``TAGS.csv``."""
 
     name: str  # file name as found
     label: str  # vehicle / other / interior / "" (unknown)
@@ -68,6 +97,7 @@ class Photo:
     fmt: str  # jpeg, png, webp, ...
     width: int
     height: int
+    tags: Tags = Tags()
 
     @property
     def ext(self) -> str:
@@ -97,6 +127,7 @@ def load_photos(folder: Path) -> list[Photo]:
         raise FileNotFoundError(f"sandbox photo folder not found: {folder}")
     paths = sorted(p for p in [*folder.glob("*"), *folder.glob("*/*")] if p.suffix.lower() in _SUFFIXES)
     photos: list[Photo] = []
+    tags = load_tags(folder)
     for p in paths:
         data = p.read_bytes()
         fmt = sniff(data)
@@ -107,7 +138,7 @@ def load_photos(folder: Path) -> list[Photo]:
                 width, height = im.size
         except Exception:  # noqa: BLE001 - a broken file is skipped, the rest still serve
             continue
-        photos.append(Photo(p.name, _label_for(p, folder), data, fmt, width, height))
+        photos.append(Photo(p.name, _label_for(p, folder), data, fmt, width, height, tags.get(p.name, Tags())))
     if not photos:
         raise ValueError(f"no images found in sandbox photo folder {folder}")
     return photos

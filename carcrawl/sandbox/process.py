@@ -35,10 +35,15 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 def describe(layout: SandboxLayout) -> str:
-    """The human summary ``carcrawl sandbox`` prints: engine URLs and image hosts."""
-    lines = ["carcrawl sandbox is running (Ctrl-C to stop)", "engines:"]
-    for name, url in layout.engine_urls.items():
-        lines.append(f"  {name:<11} {url}")
+    """The human summary ``carcrawl sandbox`` prints: how to crawl it, then where everything is."""
+    base = layout.engine_url("bing")
+    lines = [
+        "carcrawl sandbox is running (Ctrl-C to stop)",
+        f"search engines ({', '.join(layout.engine_urls)}) at {base}",
+        "crawl it from another terminal:",
+        f"  carcrawl crawl --sandbox {base} --make ford --model mustang --out sandbox-out",
+        "  carcrawl status sandbox-out",
+    ]
     hosts = [f"{a}:{p}" for a, p in zip(layout.host_addresses, layout.host_ports, strict=True)]
     lines.append(f"image hosts ({len(hosts)}): {', '.join(hosts)}")
     lines.append(f"photos: {len(layout.photos)}; example image URL: {next(layout.image_urls(1))}")

@@ -192,7 +192,8 @@ class Sandbox:
             engine_urls=engine_urls,
             host_addresses=tuple(host_addrs),
             host_ports=tuple(host_ports),
-            photos=tuple(PhotoMeta(p.name, p.label, p.ext, p.width, p.height) for p in ps.photos),
+            photos=tuple(PhotoMeta(p.name, p.label, p.ext, p.width, p.height, p.tags.make, p.tags.model,
+                                   p.tags.color, p.tags.body_type) for p in ps.photos),
             seed=self.seed,
             fault_rate=self.fault_rate,
             chaos=self.chaos,
@@ -257,11 +258,10 @@ class Sandbox:
         return int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
 
     async def _start_engines(self) -> dict[str, str]:
-        urls: dict[str, str] = {}
-        for k, engine in enumerate(ENGINES):
-            port = await self._bind(self._engine_app(engine), "127.0.0.1", self.port + k if self.port else 0)
-            urls[engine] = f"http://127.0.0.1:{port}"
-        return urls
+        """Every engine on one address and port (their paths do not overlap), so a client needs
+        one base URL for all of them (``carcrawl crawl --sandbox URL``)."""
+        port = await self._bind(self._engines_app(), "127.0.0.1", self.port)
+        return dict.fromkeys(ENGINES, f"http://127.0.0.1:{port}")
 
     # ------------------------------------------------------------------ public API
     @property
@@ -595,17 +595,18 @@ class Sandbox:
         return resp
 
     # ------------------------------------------------------------------ engines
-    def _engine_app(self, engine: str) -> web.Application:
+    def _engines_app(self) -> web.Application:
         app = web.Application()
-        routes: dict[str, Handler] = {
-            "bing": self._bing_routes,
-            "duckduckgo": self._ddg_routes,
-            "openverse": self._openverse_routes,
-            "wikimedia": self._wikimedia_routes,
-            "google": self._google_routes,
-        }[engine]  # type: ignore[assignment]
-        for path, handler in routes().items():  # type: ignore[operator]
-            app.router.add_get(path, self._wrap(engine, self._counted(engine, handler)))
+        for engine in ENGINES:
+            routes: Callable[[], dict[str, Handler]] = {
+                "bing": self._bing_routes,
+                "duckduckgo": self._ddg_routes,
+                "openverse": self._openverse_routes,
+                "wikimedia": self._wikimedia_routes,
+                "google": self._google_routes,
+            }[engine]
+            for path, handler in routes().items():
+                app.router.add_get(path, self._wrap(engine, self._counted(engine, handler)))
         app.router.add_get("/__stats", self._stats)
         return app
 

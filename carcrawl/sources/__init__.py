@@ -24,6 +24,7 @@ from carcrawl.sources.flickr import FlickrSource
 from carcrawl.sources.google import GoogleSource
 from carcrawl.sources.openverse import OpenverseSource, rate_limit_wait
 from carcrawl.sources.wikimedia import WikimediaSource
+from carcrawl.urlsafety import strip_credentials
 
 __all__ = [
     "SOURCES",
@@ -42,6 +43,7 @@ __all__ = [
     "parse_saved",
     "rate_limit_wait",
     "redact_url",
+    "strip_credentials",
 ]
 
 #: every source by the name stored on its candidates
@@ -156,14 +158,12 @@ def normalize_url(url: str) -> str:
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
     netloc = host if port is None or port == _DEFAULT_PORTS.get(scheme) else f"{host}:{port}"
-    if parts.username is not None or parts.password is not None:
-        userinfo = parts.netloc.rpartition("@")[0]
-        netloc = f"{userinfo}@{netloc}"
+    # a user name or password is not part of the key (it never is stored: see carcrawl.urlsafety)
     path = parts.path or ("/" if scheme in _DEFAULT_PORTS else "")
     return urlunsplit((scheme, netloc, path, parts.query, ""))
 
 
 def redact_url(url: str) -> str:
-    """``url`` with API keys and tokens in its query replaced by ``***``, for logs and errors
-    (Flickr wants its key in the URL)."""
-    return _SECRET_PARAM_RE.sub(r"\1***", url)
+    """``url`` with API keys and tokens in its query replaced by ``***`` and any user name and
+    password removed, for logs and errors (Flickr wants its key in the URL)."""
+    return _SECRET_PARAM_RE.sub(r"\1***", strip_credentials(url)[0])

@@ -121,6 +121,37 @@ class DedupMember:
     licensed: bool
 
 
+RECORD_PAGE = 2000
+
+_RECORDS = (
+    "SELECT i.sha256, i.path, i.format, i.bytes, coalesce(i.width, h.width), coalesce(i.height, h.height),"
+    " i.state, i.reason, v.keep, v.reason, v.top5, v.model, rv.mark, f.score, n.cluster, n.best"
+    " FROM images i LEFT JOIN verdicts v ON v.sha256 = i.sha256"
+    " LEFT JOIN image_hashes h ON h.sha256 = i.sha256 LEFT JOIN reviews rv ON rv.sha256 = i.sha256"
+    " LEFT JOIN refined f ON f.sha256 = i.sha256 LEFT JOIN near_duplicates n ON n.sha256 = i.sha256"
+)
+_CANDIDATES = (
+    "SELECT c.sha256, c.id, c.url, c.source, q.text, c.page, c.rank, c.title, c.page_url, c.license,"
+    " c.license_url, c.creator, c.attribution, c.make, c.model, c.color, c.body_type, c.category"
+    " FROM candidates c LEFT JOIN queries q ON q.id = c.query_id"
+    " WHERE +c.state = 'done' AND c.sha256 IS NOT NULL"
+)
+
+
+def _record(r: tuple[Any, ...]) -> ImageRecord:
+    top5: list[tuple[str, float]] = []
+    if r[10]:
+        try:
+            top5 = [(str(p[0]), float(p[1])) for p in json.loads(r[10])]
+        except (ValueError, TypeError, IndexError):
+            top5 = []
+    return ImageRecord(
+        sha256=r[0], path=r[1], format=r[2], bytes=r[3], width=r[4], height=r[5], state=r[6], reason=r[7],
+        keep=None if r[8] is None else bool(r[8]), verdict_reason=r[9], top5=top5, model=r[11], mark=r[12],
+        refined_score=r[13], cluster=r[14], best=r[15], candidates=[],
+    )
+
+
 def checkpoint_of(target: str | Path) -> Path:
     """The checkpoint file of an output folder (or the file itself when given one)."""
     p = Path(target)
@@ -292,6 +323,16 @@ class DatasetDB:
                 f"SELECT sha256, embedding, model FROM verdicts WHERE embedding IS NOT NULL AND sha256 IN ({marks})", chunk
             )
 
+    def clusters_of(self, shas: Iterable[str]) -> dict[str, str]:
+        """Near-duplicate cluster of each of ``shas`` that is in one (refine keeps a cluster in one CV fold)."""
+        wanted = list(shas)
+        out: dict[str, str] = {}
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            out.update(self.con.execute(f"SELECT sha256, cluster FROM near_duplicates WHERE sha256 IN ({marks})", chunk))
+        return out
+
     def replace_near_duplicates(self, members: list[tuple[str, str, str, int]]) -> None:
         """Replace all clusters at once: (sha256, cluster, best, distance) for every member of a
         cluster of two or more. Non-best members become ``rejected:near_duplicate_of:<best>``;
@@ -313,38 +354,59 @@ class DatasetDB:
 
     # -- the dataset --------------------------------------------------------------------------
 
+    def iter_records(self, page: int = RECORD_PAGE) -> Iterator[ImageRecord]:
+        """Every stored image with its verdict, marks, scores, cluster and the URLs that gave it, in
+        sha256 order, read ``page`` images at a time (memory does not grow with the checkpoint)."""
+        after = ""
+        while True:
+            rows = self.con.execute(_RECORDS + " WHERE +i.state IN ('done', 'rejected') AND i.sha256 > ?"
+                                    " ORDER BY i.sha256 LIMIT ?", (after, page)).fetchall()
+            if not rows:
+                return
+            recs = self._attach_candidates([_record(r) for r in rows], rows[0][0], rows[-1][0])
+            yield from recs
+            after = rows[-1][0]
+
     def records(self) -> list[ImageRecord]:
-        """Every stored image with its verdict, marks, scores, cluster and the URLs that gave it."""
-        recs: dict[str, ImageRecord] = {}
-        for r in self.con.execute(
-            "SELECT i.sha256, i.path, i.format, i.bytes, coalesce(i.width, h.width), coalesce(i.height, h.height),"
-            " i.state, i.reason, v.keep, v.reason, v.top5, v.model, rv.mark, f.score, n.cluster, n.best"
-            " FROM images i LEFT JOIN verdicts v ON v.sha256 = i.sha256"
-            " LEFT JOIN image_hashes h ON h.sha256 = i.sha256 LEFT JOIN reviews rv ON rv.sha256 = i.sha256"
-            " LEFT JOIN refined f ON f.sha256 = i.sha256 LEFT JOIN near_duplicates n ON n.sha256 = i.sha256"
-            " WHERE i.state IN ('done', 'rejected') ORDER BY i.sha256"
-        ):
-            top5: list[tuple[str, float]] = []
-            if r[10]:
-                try:
-                    top5 = [(str(p[0]), float(p[1])) for p in json.loads(r[10])]
-                except (ValueError, TypeError, IndexError):
-                    top5 = []
-            recs[r[0]] = ImageRecord(
-                sha256=r[0], path=r[1], format=r[2], bytes=r[3], width=r[4], height=r[5], state=r[6], reason=r[7],
-                keep=None if r[8] is None else bool(r[8]), verdict_reason=r[9], top5=top5, model=r[11], mark=r[12],
-                refined_score=r[13], cluster=r[14], best=r[15],
-            )
-        for r in self.con.execute(
-            "SELECT c.sha256, c.id, c.url, c.source, q.text, c.page, c.rank, c.title, c.page_url, c.license,"
-            " c.license_url, c.creator, c.attribution, c.make, c.model, c.color, c.body_type, c.category"
-            " FROM candidates c LEFT JOIN queries q ON q.id = c.query_id"
-            " WHERE c.state = 'done' AND c.sha256 IS NOT NULL ORDER BY c.sha256, c.id"
-        ):
-            rec = recs.get(r[0])
+        """:meth:`iter_records` as a list (small checkpoints and tests only)."""
+        return list(self.iter_records())
+
+    def records_by_sha(self, shas: list[str]) -> list[ImageRecord]:
+        """The records of ``shas`` (stored, done or rejected), in the order given; for the few
+        images a report shows and the shuffled order of WebDataset shards."""
+        found: dict[str, ImageRecord] = {}
+        for i in range(0, len(shas), 500):
+            chunk = shas[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.con.execute(_RECORDS + f" WHERE +i.state IN ('done', 'rejected') AND i.sha256 IN ({marks})",
+                                    chunk).fetchall()
+            recs = {r.sha256: r for r in (_record(row) for row in rows)}
+            for r in self.con.execute(_CANDIDATES + f" AND c.sha256 IN ({marks}) ORDER BY c.sha256, c.id", chunk):
+                rec = recs.get(r[0])
+                if rec is not None:
+                    rec.candidates.append(CandidateInfo(*r[1:]))
+            found.update(recs)
+        return [found[s] for s in shas if s in found]
+
+    def _attach_candidates(self, recs: list[ImageRecord], first: str, last: str) -> list[ImageRecord]:
+        by_sha = {r.sha256: r for r in recs}
+        for r in self.con.execute(_CANDIDATES + " AND c.sha256 BETWEEN ? AND ? ORDER BY c.sha256, c.id", (first, last)):
+            rec = by_sha.get(r[0])
             if rec is not None:
                 rec.candidates.append(CandidateInfo(*r[1:]))
-        return list(recs.values())
+        return recs
+
+    def label_presence(self) -> dict[str, int]:
+        """How many images that can be in a dataset (kept, or marked right) have a URL labelled
+        under each scheme's fields: lets the report pick its label scheme without planning thrice."""
+        row = self.con.execute(
+            "SELECT count(DISTINCT CASE WHEN c.make != '' AND c.model != '' THEN c.sha256 END),"
+            " count(DISTINCT CASE WHEN c.category != '' THEN c.sha256 END),"
+            " count(DISTINCT CASE WHEN c.body_type != '' THEN c.sha256 END)"
+            " FROM candidates c JOIN images i ON i.sha256 = c.sha256 LEFT JOIN reviews r ON r.sha256 = i.sha256"
+            " WHERE c.state = 'done' AND (i.state = 'done' OR r.mark = 'right') AND coalesce(r.mark, '') != 'wrong'"
+        ).fetchone()
+        return {"make_model": row[0], "category": row[1], "body_type": row[2]}
 
     def bodytype_hits(self) -> list[tuple[str, str, str, str, int]]:
         """(make, model, body_type, source, total_hits) of every counted body-type search."""
@@ -358,11 +420,26 @@ class DatasetDB:
     def previous_splits(self, plan: str) -> dict[str, str]:
         return dict(self.con.execute("SELECT sha256, split FROM splits WHERE plan = ?", (plan,)).fetchall())
 
-    def save_splits(self, plan: str, assignments: dict[str, str]) -> None:
-        self._tx([
-            ("INSERT OR REPLACE INTO splits(plan, sha256, split) VALUES (?,?,?)",
-             [(plan, sha, split) for sha, split in assignments.items()]),
-        ])
+    def iter_previous_splits(self, plan: str) -> Iterator[tuple[str, str]]:
+        """(sha256, split) an earlier export of ``plan`` gave, in sha256 order (streamed)."""
+        yield from self.con.execute("SELECT sha256, split FROM splits WHERE plan = ? ORDER BY sha256", (plan,))
+
+    def save_splits(self, plan: str, assignments: dict[str, str] | Iterable[tuple[str, str]]) -> None:
+        """Remember (sha256, split) pairs of a plan, one transaction, inserted in batches."""
+        pairs = assignments.items() if isinstance(assignments, dict) else assignments
+        self.con.execute("BEGIN IMMEDIATE")
+        try:
+            batch: list[tuple[str, str, str]] = []
+            for sha, split in pairs:
+                batch.append((plan, sha, split))
+                if len(batch) >= 5000:
+                    self.con.executemany("INSERT OR REPLACE INTO splits(plan, sha256, split) VALUES (?,?,?)", batch)
+                    batch.clear()
+            self.con.executemany("INSERT OR REPLACE INTO splits(plan, sha256, split) VALUES (?,?,?)", batch)
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
 
     # -- reviews and the probe ----------------------------------------------------------------
 
@@ -424,3 +501,12 @@ class DatasetDB:
             "SELECT ts, run_id, coalesce(fetched, 0), coalesce(failed, 0), coalesce(classified, 0), coalesce(bytes, 0)"
             " FROM progress ORDER BY ts"
         ).fetchall()
+
+    def run_span(self) -> tuple[float, float] | None:
+        """(first run's start, last run's end) of the crawl, for the report's time axis; a run
+        still going (or killed) ends at its last progress sample."""
+        row = self.con.execute(
+            "SELECT min(started_at), max(coalesce(finished_at, (SELECT max(ts) FROM progress p WHERE p.run_id = r.id),"
+            " started_at)) FROM runs r WHERE started_at IS NOT NULL"
+        ).fetchone()
+        return (float(row[0]), float(row[1])) if row and row[0] is not None and row[1] is not None else None

@@ -30,7 +30,9 @@ def open_readonly(path: str | Path) -> sqlite3.Connection:
 
 
 # reasons that carry an argument are counted under their prefix (one line, not one per image)
-_REASON_KEY = "CASE WHEN reason LIKE 'near_duplicate_of:%' THEN 'near_duplicate' ELSE reason END"
+# (``not_vehicle:<class>`` as ``not_vehicle``, beside ``interior`` and ``vehicle_detail``: what the images were)
+_REASON_KEY = ("CASE WHEN reason LIKE 'near_duplicate_of:%' THEN 'near_duplicate'"
+               " WHEN reason LIKE 'not_vehicle:%' THEN 'not_vehicle' ELSE reason END")
 
 
 def status_counts(con: sqlite3.Connection) -> dict[str, Any]:
@@ -60,7 +62,14 @@ def status_counts(con: sqlite3.Connection) -> dict[str, Any]:
         "candidates": {"by_state": by_state("candidates"), "by_reason": grouped("candidates")},
         "images": {"by_state": by_state("images"), "by_reason": grouped("images")},
         "reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
-        "kept": con.execute("SELECT count(*) FROM verdicts WHERE keep=1").fetchone()[0],
+        # kept = in the dataset: kept by the classifier and not a near-duplicate an export found
+        # since, so "kept" and the images done agree (those duplicates are counted apart)
+        "kept": con.execute(
+            "SELECT count(*) FROM verdicts v JOIN images i ON i.sha256 = v.sha256"
+            " WHERE v.keep=1 AND coalesce(i.reason, '') NOT LIKE 'near_duplicate_of:%'").fetchone()[0],
+        "kept_duplicates": con.execute(
+            "SELECT count(*) FROM verdicts v JOIN images i ON i.sha256 = v.sha256"
+            " WHERE v.keep=1 AND i.reason LIKE 'near_duplicate_of:%'").fetchone()[0],
         "rejected_by_classifier": con.execute("SELECT count(*) FROM verdicts WHERE keep=0").fetchone()[0],
         "stored_bytes": con.execute("SELECT coalesce(sum(bytes), 0) FROM images").fetchone()[0],
     }

@@ -21,7 +21,9 @@ import aiosqlite
 
 from carcrawl.errors import DiskFullError
 from carcrawl.models import Candidate, Labels, Query, Verdict
+from carcrawl.quota import class_of
 from carcrawl.store.schema import check_and_init
+from carcrawl.urlsafety import refuse
 
 T = TypeVar("T")
 SQLITE_FULL = 13  # sqlite3 result code: "database or disk is full"
@@ -76,6 +78,7 @@ class DownloadTask:
     candidate_id: int
     url: str
     attempts: int
+    label: str = ""  # the class a per-class quota counts (carcrawl.quota.class_of)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,18 +89,23 @@ class StoredImage:
 
 
 class Store:
-    """Async facade over one SQLite file. Writes are buffered; call :meth:`flush` or let the
-    background flusher commit them. Reads see committed data only."""
+    """Async facade over one SQLite file (aiosqlite, its public API only). Writes are buffered;
+    call :meth:`flush` or run :meth:`flush_forever` (the pipeline owns that task). A commit that
+    fails puts its batch back, so no buffered row is lost, and raises (a full disk: one clear
+    :class:`DiskFullError`). Reads wait for a commit in progress, so they see committed data only.
+    """
 
     def __init__(self, db: aiosqlite.Connection, path: Path, commit_rows: int, commit_interval: float):
         self._db = db
         self.path = path
         self.commit_rows = commit_rows
         self.commit_interval = commit_interval
-        self._ops: list[tuple[str, list[tuple[Any, ...]]]] = []
+        self._ops: dict[str, list[tuple[Any, ...]]] = {}  # statement -> its rows, in write order
         self._pending_rows = 0
         self._lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
+        self.commits = 0  # batches committed so far
+        self.new_candidates = 0  # distinct candidate rows inserted so far (what the download bar counts)
         self._wake = asyncio.Event()
         self.on_commit: list[Any] = []  # callbacks run after each commit (the feeders wait on these)
 
@@ -140,11 +148,14 @@ class Store:
             await self._db.close()
 
     def start_flusher(self) -> None:
-        """Commit buffered writes every ``commit_interval`` seconds (or sooner when full)."""
+        """A background :meth:`flush_forever` owned by the store (for callers without a TaskGroup;
+        the pipeline runs ``flush_forever`` in its own). ``close`` ends it."""
         if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush_loop(), name="store-flusher")
+            self._flusher = asyncio.create_task(self.flush_forever(), name="store-flusher")
 
-    async def _flush_loop(self) -> None:
+    async def flush_forever(self) -> None:
+        """Commit buffered writes every ``commit_interval`` seconds (or sooner when full). Returns
+        only by raising: a failed commit ends it with the error, its batch kept in the buffer."""
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.commit_interval)
@@ -154,69 +165,129 @@ class Store:
     # -- buffered writes -----------------------------------------------------------------------
 
     def _write(self, sql: str, params: tuple[Any, ...]) -> None:
-        if self._ops and self._ops[-1][0] is sql:
-            self._ops[-1][1].append(params)
-        else:
-            self._ops.append((sql, [params]))
+        rows = self._ops.get(sql)
+        if rows is None:
+            rows = self._ops[sql] = []
+        rows.append(params)
         self._pending_rows += 1
         if self._pending_rows >= self.commit_rows:
             self._wake.set()
 
+    @property
+    def buffered(self) -> int:
+        """Rows written but not committed yet."""
+        return self._pending_rows
+
     async def flush(self) -> int:
-        """Commit everything buffered in one transaction. Returns the number of rows written."""
+        """Commit everything buffered in one transaction. Returns the number of rows written.
+
+        On failure the batch goes back in front of what was buffered meanwhile (nothing is lost)
+        and the error is raised. A commit under way is finished even if the caller is cancelled
+        (a second Ctrl-C), so the connection is never left inside a transaction."""
         async with self._lock:
-            ops, self._ops = self._ops, []
+            ops, self._ops = self._ops, {}
             n, self._pending_rows = self._pending_rows, 0
             if not ops:
                 return 0
+            commit = asyncio.ensure_future(self._apply(ops))
             try:
-                # one hop to aiosqlite's thread for the whole batch, not one per statement group:
-                # record_fetched alternates two statements, so 500 images made ~1 000 hops, the
-                # flusher fell behind the downloads and the backlog grew memory ~1 KB per image
-                await self._db._execute(_apply_batch, self._db._conn, ops)
-            except sqlite3.OperationalError as e:
-                raise _disk_full(e, self.path) from None
+                await asyncio.shield(commit)
+            except BaseException as e:
+                if isinstance(e, asyncio.CancelledError) and not commit.done():
+                    with contextlib.suppress(BaseException):
+                        await commit  # finish (or roll back) what the thread is doing
+                if not commit.done() or commit.cancelled() or commit.exception() is not None:
+                    self._restore(ops, n)
+                if isinstance(e, sqlite3.OperationalError):
+                    raise _disk_full(e, self.path) from None
+                raise
+            self.commits += 1
+            self.new_candidates += commit.result()
         for callback in self.on_commit:
             callback()
         return n
+
+    def _restore(self, ops: dict[str, list[tuple[Any, ...]]], n: int) -> None:
+        newer, self._ops = self._ops, ops
+        for sql, rows in newer.items():
+            self._ops.setdefault(sql, []).extend(rows)
+        self._pending_rows += n
+
+    async def _apply(self, ops: dict[str, list[tuple[Any, ...]]]) -> int:
+        """One transaction: BEGIN, one ``executemany`` per statement (in the dependency order of
+        :data:`_APPLY_ORDER`, so a batch costs ~10 thread hops, not one per row or per change of
+        statement), COMMIT; ROLLBACK on any error."""
+        db = self._db
+        added = 0  # candidates really inserted (a URL another search found already is ignored)
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            for sql in sorted(ops, key=_apply_rank):
+                cur = await db.executemany(sql, ops[sql])
+                if sql is _SQL_INSERT_CANDIDATE:
+                    added += max(0, cur.rowcount)
+            await db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
+                await db.execute("ROLLBACK")
+            raise
+        return added
 
     # -- runs and meta -------------------------------------------------------------------------
 
     @_full_is_clear
     async def start_run(self, command: str, settings_json: str) -> int:
-        cur = await self._db.execute(
-            "INSERT INTO runs(command, settings, started_at) VALUES (?,?,?)",
-            (command, settings_json, time.time()),
-        )
+        async with self._lock:
+            cur = await self._db.execute(
+                "INSERT INTO runs(command, settings, started_at) VALUES (?,?,?)",
+                (command, settings_json, time.time()),
+            )
         return int(cur.lastrowid or 0)
 
     @_full_is_clear
     async def finish_run(self, run_id: int, state: str, reason: str | None = None) -> None:
         await self.flush()
-        await self._db.execute(
-            "UPDATE runs SET finished_at=?, state=?, reason=? WHERE id=?", (time.time(), state, reason, run_id)
-        )
+        async with self._lock:
+            await self._db.execute(
+                "UPDATE runs SET finished_at=?, state=?, reason=? WHERE id=?", (time.time(), state, reason, run_id)
+            )
 
     async def get_meta(self, key: str) -> str | None:
-        async with self._db.execute("SELECT value FROM meta WHERE key=?", (key,)) as cur:
+        async with self._lock, self._db.execute("SELECT value FROM meta WHERE key=?", (key,)) as cur:
             row = await cur.fetchone()
         return row[0] if row else None
 
     @_full_is_clear
     async def set_meta(self, key: str, value: str) -> None:
         await self.flush()
-        await self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?,?)", (key, value))
+        async with self._lock:
+            await self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?,?)", (key, value))
 
     @_full_is_clear
     async def recover(self) -> dict[str, int]:
         """Turn rows a killed run left ``in_flight`` back into ``pending``."""
+        out = await self.reset_in_flight()
+        async with self._lock:
+            await self._db.execute("UPDATE runs SET state='killed' WHERE state='running'")
+        return out
+
+    @_full_is_clear
+    async def reset_in_flight(self) -> dict[str, int]:
+        """Commit what is buffered, then turn every ``in_flight`` search and candidate back into
+        ``pending``. The end of a run calls it (nothing is in flight once the stages are done), so
+        ``carcrawl status`` after a Ctrl-C shows the untried work as pending, not in flight."""
+        await self.flush()
         out = {}
-        await self._db.execute("BEGIN IMMEDIATE")
-        for table in ("searches", "candidates"):
-            cur = await self._db.execute(f"UPDATE {table} SET state='pending' WHERE state='in_flight'")
-            out[table] = cur.rowcount
-        await self._db.execute("UPDATE runs SET state='killed' WHERE state='running'")
-        await self._db.execute("COMMIT")
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for table in ("searches", "candidates"):
+                    cur = await self._db.execute(f"UPDATE {table} SET state='pending' WHERE state='in_flight'")
+                    out[table] = cur.rowcount
+                await self._db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    await self._db.execute("ROLLBACK")
+                raise
         return out
 
     # -- queries and searches ------------------------------------------------------------------
@@ -238,6 +309,10 @@ class Store:
     @_full_is_clear
     async def _add_query_chunk(self, chunk: list[Query], sources: list[str], target: int) -> int:
         await self.flush()
+        async with self._lock:
+            return await self._insert_queries(chunk, sources, target)
+
+    async def _insert_queries(self, chunk: list[Query], sources: list[str], target: int) -> int:
         await self._db.execute("BEGIN IMMEDIATE")
         try:
             cur = await self._db.executemany(
@@ -254,7 +329,8 @@ class Store:
                 )
             await self._db.execute("COMMIT")
         except BaseException:
-            await self._db.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):
+                await self._db.execute("ROLLBACK")
             raise
         return max(added, 0)
 
@@ -265,8 +341,8 @@ class Store:
             " s.source, s.target, s.cursor, s.pages, s.found FROM searches s JOIN queries q ON q.id=s.query_id"
             " WHERE s.state='pending' AND s.source=? AND s.id>? ORDER BY s.id LIMIT ?"
         )
-        async with self._db.execute(sql, (source, after_id, limit)) as cur:
-            rows = await cur.fetchall()
+        async with self._lock:
+            rows = await self._db.execute_fetchall(sql, (source, after_id, limit))
         tasks = [
             SearchTask(r[0], r[1], r[2], r[3], Labels(*r[4:9]), r[9], r[10], r[11], r[12], r[13]) for r in rows
         ]
@@ -291,10 +367,12 @@ class Store:
         now = time.time()
         lab = _labels(task.labels)
         for rank, c, key in candidates:
+            url, key, refused = refuse(c.url, key)
             self._write(
                 _SQL_INSERT_CANDIDATE,
-                (c.url, key, c.source, task.query_id, page, rank, c.title, c.page_url, c.thumbnail_url,
-                 c.width, c.height, c.license, c.license_url, c.creator, c.attribution, *lab, now),
+                (url, key, c.source, task.query_id, page, rank, c.title, c.page_url, c.thumbnail_url,
+                 c.width, c.height, c.license, c.license_url, c.creator, c.attribution, *lab, now,
+                 "failed" if refused else "pending", refused),
             )
         self._write(
             _SQL_UPDATE_SEARCH,
@@ -304,22 +382,38 @@ class Store:
     # -- candidates ----------------------------------------------------------------------------
 
     def add_url_candidate(self, url: str, key: str, labels: Labels, source: str = "urls", rank: int = 0) -> None:
+        url, key, refused = refuse(url, key)
         self._write(
             _SQL_INSERT_CANDIDATE,
             (url, key, source, None, None, rank, None, None, None, None, None, None, None, None, None,
-             *_labels(labels), time.time()),
+             *_labels(labels), time.time(), "failed" if refused else "pending", refused),
         )
 
     async def next_candidates(self, after_id: int, limit: int) -> list[DownloadTask]:
         """The next pending candidate URLs (by id); marked ``in_flight`` with the next commit."""
-        async with self._db.execute(
-            "SELECT id, url, attempts FROM candidates WHERE state='pending' AND id>? ORDER BY id LIMIT ?",
-            (after_id, limit),
-        ) as cur:
-            rows = await cur.fetchall()
+        async with self._lock:
+            rows = list(await self._db.execute_fetchall(
+                "SELECT id, url, attempts, make, model, category FROM candidates WHERE state='pending' AND id>?"
+                " ORDER BY id LIMIT ?",
+                (after_id, limit),
+            ))
         if rows:
             self._write(_SQL_CANDIDATES_IN_FLIGHT, (after_id, rows[-1][0]))
-        return [DownloadTask(r[0], r[1], r[2]) for r in rows]
+        return [DownloadTask(r[0], r[1], r[2], class_of(r[3], r[4], r[5])) for r in rows]
+
+    async def stored_per_class(self) -> tuple[int, dict[str, int]]:
+        """Distinct stored images, in all and per class (of the candidate that first stored
+        each): where the image cap and the per-class quotas start from."""
+        counts: dict[str, int] = {}
+        async with self._lock:
+            rows = await self._db.execute_fetchall(
+                "SELECT c.make, c.model, c.category, count(*) FROM images i JOIN candidates c ON c.id = i.candidate_id"
+                " GROUP BY 1, 2, 3"
+            )
+        for make, model, category, n in rows:
+            key = class_of(make, model, category)
+            counts[key] = counts.get(key, 0) + n
+        return sum(counts.values()), counts
 
     def record_fetched(
         self, candidate_id: int, *, sha256: str, final_url: str, attempts: int, image: StoredImage, size: int
@@ -339,8 +433,9 @@ class Store:
         if not shas:
             return set()
         marks = ",".join("?" * len(shas))
-        async with self._db.execute(f"SELECT sha256 FROM verdicts WHERE sha256 IN ({marks})", shas) as cur:
-            return {r[0] for r in await cur.fetchall()}
+        async with self._lock:
+            rows = await self._db.execute_fetchall(f"SELECT sha256 FROM verdicts WHERE sha256 IN ({marks})", shas)
+        return {r[0] for r in rows}
 
     def record_verdicts(self, verdicts: Iterable[Verdict]) -> None:
         now = time.time()
@@ -356,20 +451,18 @@ class Store:
 
     def mark_images_unclassified(self, shas: Iterable[str], reason: str = "classify_disabled") -> None:
         for sha in shas:
-            self._write("UPDATE images SET state='done', reason=? WHERE sha256=? AND state='pending'", (reason, sha))
+            self._write(_SQL_IMAGE_UNCLASSIFIED, (reason, sha))
 
     async def images_awaiting_verdict(self, after_sha: str, limit: int) -> list[StoredImage]:
-        async with self._db.execute(
-            "SELECT sha256, path, format FROM images WHERE state='pending' AND sha256>? ORDER BY sha256 LIMIT ?",
-            (after_sha, limit),
-        ) as cur:
-            return [StoredImage(*r) for r in await cur.fetchall()]
+        async with self._lock:
+            rows = await self._db.execute_fetchall(
+                "SELECT sha256, path, format FROM images WHERE state='pending' AND sha256>? ORDER BY sha256 LIMIT ?",
+                (after_sha, limit),
+            )
+        return [StoredImage(*r) for r in rows]
 
     def record_progress(self, run_id: int, searched: int, fetched: int, failed: int, classified: int, nbytes: int) -> None:
-        self._write(
-            "INSERT INTO progress(ts, run_id, searched, fetched, failed, classified, bytes) VALUES (?,?,?,?,?,?,?)",
-            (time.time(), run_id, searched, fetched, failed, classified, nbytes),
-        )
+        self._write(_SQL_PROGRESS, (time.time(), run_id, searched, fetched, failed, classified, nbytes))
 
     # -- reads for status / export ------------------------------------------------------------
 
@@ -381,29 +474,17 @@ class Store:
             "SELECT count(*) FROM candidates WHERE state IN ('pending','in_flight')",
             "SELECT count(*) FROM images WHERE state='pending'",
         ):
-            async with self._db.execute(sql) as cur:
-                row = await cur.fetchone()
-                out.append(int(row[0]) if row else 0)
+            async with self._lock:
+                rows = list(await self._db.execute_fetchall(sql))
+            out.append(int(rows[0][0]) if rows else 0)
         return out[0], out[1], out[2]
 
     async def rows(self, sql: str, params: tuple[Any, ...] = ()) -> AsyncIterator[sqlite3.Row]:
-        """Stream rows of a read-only query (for export/report modules that live beside this one)."""
+        """Stream rows of a read-only query (for export/report modules that live beside this one).
+        Between rows it may see a commit in progress; use it only when no crawl writes."""
         async with self._db.execute(sql, params) as cur:
             async for row in cur:
                 yield row
-
-
-def _apply_batch(con: sqlite3.Connection, ops: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
-    """On aiosqlite's thread: BEGIN, every buffered statement in order, COMMIT (ROLLBACK on error)."""
-    con.execute("BEGIN IMMEDIATE")
-    try:
-        for sql, rows in ops:
-            con.executemany(sql, rows)
-        con.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
-            con.execute("ROLLBACK")
-        raise
 
 
 def _labels(labels: Labels) -> tuple[str, str, str, str, str]:
@@ -418,7 +499,8 @@ _SQL_UPDATE_SEARCH = (
 _SQL_INSERT_CANDIDATE = (
     "INSERT OR IGNORE INTO candidates(url, url_key, source, query_id, page, rank, title, page_url,"
     " thumbnail_url, width, height, license, license_url, creator, attribution,"
-    " make, model, color, body_type, category, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    " make, model, color, body_type, category, updated_at, state, reason)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 _SQL_CANDIDATES_IN_FLIGHT = "UPDATE candidates SET state='in_flight' WHERE state='pending' AND id>? AND id<=?"
 _SQL_INSERT_IMAGE = (
@@ -436,3 +518,33 @@ _SQL_INSERT_HASHES = "INSERT OR REPLACE INTO image_hashes(sha256, hashes, width,
 _SQL_IMAGE_CLASSIFIED = (
     "UPDATE images SET state=?, reason=?, width=coalesce(?, width), height=coalesce(?, height) WHERE sha256=?"
 )
+_SQL_IMAGE_UNCLASSIFIED = "UPDATE images SET state='done', reason=? WHERE sha256=? AND state='pending'"
+_SQL_PROGRESS = (
+    "INSERT INTO progress(ts, run_id, searched, fetched, failed, classified, bytes) VALUES (?,?,?,?,?,?,?)"
+)
+
+#: the order a batch's statements run in. A batch keeps one row list per statement (so it costs
+#: one ``executemany`` each), which is only correct when running them in this order gives what
+#: running the rows in write order would: new rows before the updates that may touch them (an
+#: image is inserted before it is classified or marked unclassified), and the ``in_flight`` marks
+#: (which touch only ``pending`` rows) before the outcomes. Rows of one statement keep their order.
+_APPLY_ORDER = (
+    _SQL_INSERT_CANDIDATE,
+    _SQL_SEARCH_IN_FLIGHT,
+    _SQL_CANDIDATES_IN_FLIGHT,
+    _SQL_UPDATE_SEARCH,
+    _SQL_INSERT_IMAGE,
+    _SQL_CANDIDATE_DONE,
+    _SQL_CANDIDATE_FAILED,
+    _SQL_INSERT_VERDICT,
+    _SQL_INSERT_HASHES,
+    _SQL_IMAGE_CLASSIFIED,
+    _SQL_IMAGE_UNCLASSIFIED,
+    _SQL_PROGRESS,
+)
+_RANK = {sql: i for i, sql in enumerate(_APPLY_ORDER)}
+
+
+def _apply_rank(sql: str) -> int:
+    """Position of a statement in :data:`_APPLY_ORDER`; any other statement runs after those."""
+    return _RANK.get(sql, len(_RANK))
