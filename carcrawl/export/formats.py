@@ -33,9 +33,10 @@ from typing import Any
 
 from carcrawl.errors import CarcrawlError
 from carcrawl.export.labels import folder_names, inside
-from carcrawl.export.plan import DatasetPlan, Entry
-from carcrawl.export.splits import SPLITS
+from carcrawl.export.plan import DatasetPlan, Entry, build_plan
+from carcrawl.export.splits import SPLITS, normalise_ratios
 from carcrawl.filestore import EXTENSIONS, relative_path
+from carcrawl.store.dataset import DatasetDB
 
 MARKER = ".carcrawl-export.json"
 HF_SPLIT = {"train": "train", "val": "validation", "test": "test"}
@@ -62,10 +63,14 @@ def _place(src: Path | str, dst: Path | str) -> None:
 
 def manifest_row(plan: DatasetPlan, e: Entry) -> dict[str, Any]:
     """Every column we know about one image (JSON-able)."""
+    return _row(plan.scheme, e)
+
+
+def _row(scheme: str, e: Entry) -> dict[str, Any]:
     r, c = e.record, e.candidate
     return {
         "sha256": r.sha256, "label": e.label, "split": e.split, "in_dataset": e.excluded is None,
-        "excluded_reason": e.excluded, "scheme": plan.scheme,
+        "excluded_reason": e.excluded, "scheme": scheme,
         "make": c.make if c else None, "model": c.model if c else None, "color": c.color if c else None,
         "body_type": c.body_type if c else None, "category": c.category if c else None,
         "url": c.url if c else None, "urls": [x.url for x in r.candidates], "source": c.source if c else None,
@@ -229,6 +234,10 @@ def _shards(entries: Iterable[Entry], max_samples: int) -> Iterator[list[Entry]]
 
 
 def _manifest_schema(plan: DatasetPlan) -> Any:
+    return _schema(plan.scheme, plan.seed, plan.ratios)
+
+
+def _schema(scheme: str, seed: int, ratios: tuple[float, ...]) -> Any:
     import pyarrow as pa
 
     return pa.schema([
@@ -244,8 +253,8 @@ def _manifest_schema(plan: DatasetPlan) -> Any:
         ("review_mark", pa.string()), ("refined_score", pa.float32()), ("cluster", pa.string()),
         ("near_duplicate_of", pa.string()), ("label_conflict", pa.string()),
         ("body_type_vector", pa.map_(pa.string(), pa.float32())),
-    ], metadata={"carcrawl.scheme": plan.scheme, "carcrawl.seed": str(plan.seed),
-                 "carcrawl.ratios": ",".join(str(r) for r in plan.ratios),
+    ], metadata={"carcrawl.scheme": scheme, "carcrawl.seed": str(seed),
+                 "carcrawl.ratios": ",".join(str(r) for r in ratios),
                  "carcrawl.path": "image path relative to the folder holding this file"})
 
 
@@ -294,6 +303,92 @@ def write_parquet(plan: DatasetPlan, to: Path) -> dict[str, Any]:
         _write_manifest(plan, root / "manifest.parquet", to)
         _marker(root, plan, "parquet", {})
     return {"path": str(to / "manifest.parquet")}
+
+
+def export_parquet(db: DatasetDB, to: Path, **plan_options: Any) -> tuple[DatasetPlan, dict[str, Any]]:
+    """Plan and write the manifest reading the checkpoint once: the plan's pass writes the rows
+    (split and label-selection columns still open) to a temporary Parquet file, which is then
+    copied batch by batch with those columns filled in from the plan (Arrow work, no records).
+    Same file as :func:`write_parquet` after :func:`build_plan`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    scheme = plan_options.get("scheme", "make_model")
+    single = to.suffix == ".parquet"
+    final_dir = to.parent if single else to
+    to.parent.mkdir(parents=True, exist_ok=True)
+    first = to.parent / f".{to.name}.pass1-{uuid.uuid4().hex[:8]}.parquet"
+    schema: Any = None
+    prefix = os.path.relpath(db.out_dir.resolve(), final_dir.resolve())
+    cols: dict[str, list[Any]] = {}
+    writer: Any = None
+
+    def open_writer(seed: int, ratios: tuple[float, ...]) -> None:
+        nonlocal schema, writer, cols
+        schema = _schema(scheme, seed, ratios)
+        cols = {k: [] for k in schema.names}
+        writer = pq.ParquetWriter(first, schema, compression="zstd")
+
+    def flush() -> None:
+        nonlocal cols
+        if cols and cols["sha256"]:
+            writer.write_table(pa.table(cols, schema=schema))
+        cols = {k: [] for k in schema.names}
+
+    def on_entry(e: Entry) -> None:
+        if writer is None:  # build_plan has checked the options by now
+            open_writer(plan_options.get("seed", 0), normalise_ratios(plan_options.get("ratios", (0.7, 0.15, 0.15))))
+        row = _row(scheme, e)
+        row["path"] = os.path.join(prefix, relative_path(e.record.sha256, e.record.format))
+        row["body_type_vector"] = list(row["body_type_vector"].items())
+        for k, v in row.items():
+            cols[k].append(v)
+        if len(cols["sha256"]) >= PARQUET_BATCH:
+            flush()
+
+    try:
+        try:
+            plan = build_plan(db, on_entry=on_entry, **plan_options)
+            if writer is None:
+                open_writer(plan.seed, plan.ratios)
+            flush()
+        finally:
+            if writer is not None:
+                writer.close()
+
+        def fill(path: Path) -> None:
+            i = 0
+            names = schema.names
+            with pq.ParquetWriter(path, schema, compression="zstd") as out:
+                for batch in pq.ParquetFile(first).iter_batches(batch_size=PARQUET_BATCH):
+                    n = batch.num_rows
+                    split = [plan.split_of(k) for k in range(i, i + n)]
+                    reason = batch.column("excluded_reason").to_pylist()
+                    for k, s in enumerate(split):
+                        if s < 0 and reason[k] is None:
+                            reason[k] = plan.dropped_reason(i + k)
+                    arrays = dict(zip(names, batch.columns, strict=True))
+                    arrays["split"] = pa.array([SPLITS[s] if s >= 0 else None for s in split], pa.string())
+                    arrays["in_dataset"] = pa.array([s >= 0 for s in split], pa.bool_())
+                    arrays["excluded_reason"] = pa.array(reason, pa.string())
+                    out.write_table(pa.Table.from_arrays([arrays[k] for k in names], schema=schema))
+                    i += n
+
+        if single:
+            tmp = to.parent / f".{to.name}.tmp-{uuid.uuid4().hex[:8]}"
+            try:
+                fill(tmp)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            os.replace(tmp, to)
+            return plan, {"path": str(to)}
+        with _Output(to) as root:
+            fill(root / "manifest.parquet")
+            _marker(root, plan, "parquet", {})
+        return plan, {"path": str(to / "manifest.parquet")}
+    finally:
+        first.unlink(missing_ok=True)
 
 
 WRITERS: dict[str, Callable[[DatasetPlan, Path], dict[str, Any]]] = {
