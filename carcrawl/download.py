@@ -24,6 +24,7 @@ from carcrawl.errors import DiskFullError
 from carcrawl.filestore import ImageFiles
 from carcrawl.models import Failure, Fetched
 from carcrawl.net import HttpClient, backoff_delay, host_key
+from carcrawl.quota import Quota
 from carcrawl.stats import Stats
 from carcrawl.store import DownloadTask, Store
 
@@ -35,7 +36,8 @@ log = logging.getLogger(__name__)
 RECENT_SHAS = 10_000
 
 #: reasons that say the content is unwanted (state ``rejected``), not that the transfer failed
-_REJECT_PREFIXES = ("not_image", "robots_disallowed", "noai", "too_", "unsupported", "empty", "truncated_image")
+_REJECT_PREFIXES = ("not_image", "robots_disallowed", "noai", "too_", "unsupported", "empty", "truncated_image",
+                    "quota_full")
 _JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 
 
@@ -329,7 +331,9 @@ class DownloadStage:
         classify_queue: asyncio.Queue[ClassifyItem | None] | None,
         page_size: int = 512,
         max_pixels: int = 50_000_000,
+        quota: Quota | None = None,
     ):
+        self.quota = quota
         self.store = store
         self.client = client
         self.files = files
@@ -449,6 +453,14 @@ class DownloadStage:
 
     async def _fetch_one(self, task: DownloadTask) -> Retry | None:
         attempts = task.attempts + 1
+        q = self.quota
+        if q is not None and (q.full or q.class_full(task.label)):
+            # checked as the transfer would start, so a full class costs no request: give the
+            # host's lease back unused
+            self.scheduler.limiter.release(host_key(task.url))
+            if not q.full:
+                self._record_failure(task.candidate_id, "quota_full", task.attempts)
+            return None  # at the cap the run is draining: the URL is left for a later run
         try:
             result = await self.client.fetch_image(task.candidate_id, task.url, leased=True)
             if isinstance(result, Failure):
@@ -456,7 +468,7 @@ class DownloadStage:
             problem = content_problem(result.body, result.format, self.max_pixels)
             if problem is not None:
                 return self._failed(task, Failure(task.candidate_id, task.url, problem), attempts)
-            await self._stored(result, attempts)
+            await self._stored(result, attempts, task.label)
         except (asyncio.CancelledError, DiskFullError):
             raise  # a full disk ends the stage (and the run) with its one clear message
         except Exception as e:  # noqa: BLE001 - a bug in one URL's path must not end the crawl
@@ -477,7 +489,7 @@ class DownloadStage:
             # is only the backoff; it waits in the scheduler, holding its room
             delay = backoff_delay(attempts - 1, s.backoff_base, s.backoff_max, failure.retry_after)
             self.stats.inc("retries")
-            return DownloadTask(task.candidate_id, task.url, attempts), delay
+            return DownloadTask(task.candidate_id, task.url, attempts, task.label), delay
         self._record_failure(task.candidate_id, failure.reason, attempts)
         return None
 
@@ -491,7 +503,7 @@ class DownloadStage:
         state = "rejected" if reason.startswith(_REJECT_PREFIXES) else "failed"
         self.store.record_failure(candidate_id, reason, attempts, state)
 
-    async def _stored(self, fetched: Fetched, attempts: int) -> None:
+    async def _stored(self, fetched: Fetched, attempts: int, label: str = "") -> None:
         image = await self.files.write(None, fetched.format, fetched.body)
         sha = image.sha256
         self.store.record_fetched(
@@ -510,6 +522,8 @@ class DownloadStage:
         self._recent_shas[sha] = None
         if len(self._recent_shas) > RECENT_SHAS:
             self._recent_shas.pop(next(iter(self._recent_shas)))
+        if self.quota is not None:
+            self.quota.stored(label)
         if self.classify_queue is not None:
             await self.classify_queue.put(ClassifyItem(sha, fetched.body))
         else:

@@ -53,7 +53,7 @@ def file_name(e: Entry) -> str:
     return f"{e.record.sha256}.{EXTENSIONS.get(e.record.format, 'bin')}"
 
 
-def _place(src: Path, dst: Path) -> None:
+def _place(src: Path | str, dst: Path | str) -> None:
     try:
         os.link(src, dst)
     except OSError:
@@ -127,16 +127,17 @@ def _classes_file(root: Path, plan: DatasetPlan, folders: dict[str, str] | None 
 def write_imagefolder(plan: DatasetPlan, to: Path) -> dict[str, Any]:
     folders = folder_names(plan.classes)
     with _Output(to) as root:
-        made: set[Path] = set()
+        made: dict[tuple[str, str], str] = {}
         for split in ("train", "val", "test"):
             (root / split).mkdir()
         for e in plan.iter_exported():
             assert e.label is not None and e.split is not None
-            d = inside(root, e.split, folders[e.label])
-            if d not in made:
-                d.mkdir(parents=True, exist_ok=True)
-                made.add(d)
-            _place(source_path(plan, e), d / file_name(e))
+            d = made.get((e.split, e.label))
+            if d is None:  # checked and made once per class folder, not once per image
+                folder = inside(root, e.split, folders[e.label])
+                folder.mkdir(parents=True, exist_ok=True)
+                d = made[(e.split, e.label)] = str(folder)
+            _place(source_path(plan, e), os.path.join(d, file_name(e)))
         _classes_file(root, plan, folders)
         _marker(root, plan, "imagefolder", {})
     return {"path": str(to)}

@@ -71,6 +71,8 @@ def choose_candidate(rec: ImageRecord) -> tuple[CandidateInfo | None, str | None
     """The candidate whose labels the image takes, and the other labels seen (a conflict) if any."""
     if not rec.candidates:
         return None, None
+    if len(rec.candidates) == 1:  # most images: one URL, nothing to vote on
+        return rec.candidates[0], None
     votes: Counter[tuple[str, ...]] = Counter((c.make, c.model, c.color, c.body_type, c.category) for c in rec.candidates)
     best = min(rec.candidates, key=lambda c: _candidate_key(c, votes))
     chosen = (best.make, best.model, best.color, best.body_type, best.category)
