@@ -30,13 +30,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+# the commands a benchmark starts (carcrawl, the ceiling) run on the interpreter the benchmark was
+# started with and import this checkout, whatever environment that is (no ./.venv assumed)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
 
 BENCH = ROOT / "benchmarks"
 WORK = BENCH / "_work"
 RESULTS = BENCH / "results"
-VENV_BIN = ROOT / ".venv" / "bin"
-CARCRAWL = str(VENV_BIN / "carcrawl")
-PYTHON = str(VENV_BIN / "python")
+PYTHON = sys.executable
+CARCRAWL_CMD = [PYTHON, "-m", "carcrawl.cli"]
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -133,7 +135,7 @@ def carcrawl_config(path: Path, knobs: CrawlKnobs) -> Path:
 
 
 def carcrawl_fetch_cmd(urls: Path, out: Path, config: Path, *, fresh: bool = True) -> list[str]:
-    cmd = [CARCRAWL, "fetch", str(urls), "--out", str(out), "--config", str(config), "--no-classify", "--json"]
+    cmd = [*CARCRAWL_CMD, "fetch", str(urls), "--out", str(out), "--config", str(config), "--no-classify", "--json"]
     return cmd + (["--fresh"] if fresh else [])
 
 

@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -55,16 +56,24 @@ from _common import (  # noqa: E402
 I2D_VENV = WORK / "i2d-venv"
 I2D = I2D_VENV / "bin" / "img2dataset"
 I2D_ENV = {"NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled", "TQDM_DISABLE": "1"}
-DEFAULT_I2D_THREADS = 64  # from `--tune` on this machine (see RESULTS.md)
+DEFAULT_I2D_THREADS = 256  # img2dataset's own best in `--tune` on this machine (see RESULTS.md)
 
 
-def i2d_available() -> str | None:
-    """None when img2dataset can run, else why not."""
-    if not I2D.exists():
-        return (f"img2dataset is not installed in {I2D_VENV.relative_to(BENCH.parent)}; run "
-                f"`python3 -m venv {I2D_VENV.relative_to(BENCH.parent)} && "
-                f"{I2D_VENV.relative_to(BENCH.parent)}/bin/pip install img2dataset`")
-    return None
+def i2d_available(install: bool = True) -> str | None:
+    """None when img2dataset can run, else why not. When missing it is installed from PyPI into
+    its own venv under benchmarks/_work (never into the environment that runs carcrawl)."""
+    if I2D.exists():
+        return None
+    where = I2D_VENV.relative_to(BENCH.parent)
+    if not install:
+        return f"img2dataset is not installed in {where} (--no-install given)"
+    print(f"installing img2dataset into {where} (once; a minute or two) ...", file=sys.stderr, flush=True)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(I2D_VENV)], check=True)
+        subprocess.run([str(I2D_VENV / "bin" / "pip"), "install", "-q", "img2dataset"], check=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        return f"could not install img2dataset into {where}: {e}"
+    return None if I2D.exists() else f"pip ran but {where}/bin/img2dataset is missing"
 
 
 def i2d_cmd(urls: Path, out: Path, n: int, threads: int) -> list[str]:
@@ -158,12 +167,13 @@ def main() -> None:
     p.add_argument("--i2d-threads", type=int, default=DEFAULT_I2D_THREADS)
     p.add_argument("--tune", action="store_true", help="only try img2dataset thread counts and carcrawl concurrencies")
     p.add_argument("--no-ceiling", action="store_true")
+    p.add_argument("--no-install", action="store_true", help="do not pip-install img2dataset when it is missing")
     p.add_argument("--name", default="vs_img2dataset", help="results/<name>.json")
     p.add_argument("--out-root", type=Path, default=WORK / "vs",
                    help="where the three write their files (e.g. /dev/shm to take the disk out of it)")
     a = p.parse_args()
 
-    why_not = i2d_available()
+    why_not = i2d_available(install=not a.no_install)
     if why_not:
         print(f"img2dataset skipped: {why_not}", file=sys.stderr)
     knobs = CrawlKnobs(a.concurrency, a.per_host_concurrency, a.per_host_interval)

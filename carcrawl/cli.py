@@ -89,6 +89,8 @@ FreshOpt = Annotated[bool, typer.Option("--fresh", help="Start over: delete the 
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="Classifier device: auto, cpu or cuda.")]
 ClassifyOpt = Annotated[bool, typer.Option("--classify/--no-classify", help="Run the classifier on what downloads.")]
 DEFAULT_DIR = Path("out")
+WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Split the crawl by host into N shards run by N local Ray workers (needs carcrawl[ray]).")]
+RayOpt = Annotated[str | None, typer.Option("--ray", help="Run the shards on an existing Ray cluster at this address (needs carcrawl[ray]).")]
 
 
 def main() -> None:
@@ -139,7 +141,8 @@ def prepare_out(path: Path, flag: str = "--out") -> Path:
 
 
 def _run_pipeline(
-    settings: Any, job: Any, *, command: str, fresh: bool, quiet: bool, as_json: bool, around: Any = None
+    settings: Any, job: Any, *, command: str, fresh: bool, quiet: bool, as_json: bool, around: Any = None,
+    workers: int | None = None, ray_address: str | None = None,
 ) -> Any:
     """Run one pipeline with progress and Ctrl-C handling, holding the output folder's lock.
     ``around(settings)`` is an optional async context manager that yields the settings to use
@@ -151,6 +154,15 @@ def _run_pipeline(
     display = ProgressDisplay(enabled=not quiet and not as_json, classify=settings.classify.enabled)
     used = settings
 
+    if around is None and (workers is not None or ray_address or _sharded(settings, fresh)):
+        from carcrawl.distributed.driver import run_sharded
+
+        def go_sharded() -> Any:
+            return run_sharded(settings, job, command=command, fresh=fresh, workers=workers, address=ray_address,
+                               on_event=display.event, run_async=_run_async)
+    else:
+        go_sharded = None
+
     async def go() -> Any:
         nonlocal used
         if around is None:
@@ -161,7 +173,7 @@ def _run_pipeline(
     try:
         out = prepare_out(settings.out_dir)
         with FolderLock(out, command_line()), display:
-            result = _run_async(go())
+            result = go_sharded() if go_sharded is not None else _run_async(go())
             display.final(result)
     except CarcrawlError as e:
         _fail(e)
@@ -177,6 +189,13 @@ def _run_pipeline(
         typer.echo("carcrawl: interrupted; run the same command again to resume.", err=True)
         raise typer.Exit(130)
     return result
+
+
+def _sharded(settings: Any, fresh: bool) -> bool:
+    """An earlier ``--workers``/``--ray`` run left unmerged shards: the same command resumes them."""
+    from carcrawl.store.shards import planned_shards
+
+    return not fresh and planned_shards(settings.checkpoint_path) > 0
 
 
 def _catalog_job(settings: Any, *, body_types: bool) -> Any:
@@ -272,6 +291,8 @@ def crawl(
     fresh: FreshOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
+    workers: WorkersOpt = None,
+    ray: RayOpt = None,
 ) -> None:
     """The overnight job: catalogue, search, download, classify, checkpoint.
 
@@ -294,7 +315,8 @@ def crawl(
     if dry_run:
         _print_plan(settings, job)
         return
-    _run_pipeline(settings, job, command="crawl", fresh=fresh, quiet=quiet, as_json=as_json)
+    _run_pipeline(settings, job, command="crawl", fresh=fresh, quiet=quiet, as_json=as_json, workers=workers,
+                  ray_address=ray)
 
 
 @_command()
@@ -311,6 +333,8 @@ def fetch(
     fresh: FreshOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
+    workers: WorkersOpt = None,
+    ray: RayOpt = None,
 ) -> None:
     """Download, verify and classify a list of URLs (no search)."""
     from carcrawl.pipeline import Job
@@ -348,7 +372,8 @@ def fetch(
         _fail(e)
     except OSError as e:
         _fail(CarcrawlError(f"{urls}: {e.strerror}"))
-    _run_pipeline(settings, Job(urls=rows, fingerprint=fp), command="fetch", fresh=fresh, quiet=quiet, as_json=as_json)
+    _run_pipeline(settings, Job(urls=rows, fingerprint=fp), command="fetch", fresh=fresh, quiet=quiet, as_json=as_json,
+                  workers=workers, ray_address=ray)
     if categories is not None and not as_json:
         from carcrawl.progress import print_category_report
 
@@ -405,11 +430,19 @@ def status(
         counts = status_counts(con)
     finally:
         con.close()
-    counts = finish_status(counts, path.parent)
+    counts = finish_status(_with_shards(path, counts), path.parent)
     if as_json:
         typer.echo(json.dumps(counts))
         return
     print_status(counts, path)
+
+
+def _with_shards(checkpoint: Path, counts: dict[str, Any]) -> dict[str, Any]:
+    """While a ``--workers`` crawl runs (or after one was interrupted), count its shards too."""
+    from carcrawl.store.shards import combined_status, shard_checkpoints
+
+    shards = shard_checkpoints(checkpoint)
+    return combined_status(checkpoint, shards) if shards else counts
 
 
 @_command()

@@ -252,6 +252,16 @@ class DatasetDB:
                 f"SELECT sha256, embedding, model FROM verdicts WHERE embedding IS NOT NULL AND sha256 IN ({marks})", chunk
             )
 
+    def clusters_of(self, shas: Iterable[str]) -> dict[str, str]:
+        """Near-duplicate cluster of each of ``shas`` that is in one (refine keeps a cluster in one CV fold)."""
+        wanted = list(shas)
+        out: dict[str, str] = {}
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            out.update(self.con.execute(f"SELECT sha256, cluster FROM near_duplicates WHERE sha256 IN ({marks})", chunk))
+        return out
+
     def replace_near_duplicates(self, members: list[tuple[str, str, str, int]]) -> None:
         """Replace all clusters at once: (sha256, cluster, best, distance) for every member of a
         cluster of two or more. Non-best members become ``rejected:near_duplicate_of:<best>``;
