@@ -31,7 +31,13 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._common import WORK, write_result  # noqa: E402
 from carcrawl.classify import ClassifySettings, load_classifier  # noqa: E402
 from carcrawl.classify.head import CLASSES, ExteriorHead, evidence, features, head_path, load_head  # noqa: E402
-from carcrawl.classify.policy import HEAD_OVERRIDE_MASS, VEHICLE_CLASSES, decide  # noqa: E402
+from carcrawl.classify.policy import (  # noqa: E402
+    CAR_RELATED_MASS,
+    HEAD_OVERRIDE_MASS,
+    PART_CLASSES,
+    VEHICLE_CLASSES,
+    decide,
+)
 
 SHARED = ROOT.parent / "shared"
 C_GRID = (0.01, 0.03, 0.1, 0.3)
@@ -145,9 +151,13 @@ def rule(head_p: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, A
     """The shipped ``head`` policy (``policy.decide_head``) on out-of-sample head probabilities:
     keep, and the 4-class call (kept = exterior, else the head's best other class)."""
     vehicle_mass = probs[:, sorted(VEHICLE_CLASSES)].sum(1)
+    part_mass = probs[:, sorted(PART_CLASSES)].sum(1)
     other_best = head_p[:, 1:].argmax(1) + 1
-    keep = (head_p[:, 0] >= threshold) | ((other_best == CLASSES.index("other")) & (vehicle_mass >= OVERRIDE_MASS))
-    return {"keep": keep, "pred": np.where(keep, 0, other_best), "p": head_p}
+    said_other = other_best == CLASSES.index("other")
+    keep = (head_p[:, 0] >= threshold) | (said_other & (vehicle_mass >= OVERRIDE_MASS))
+    car_related = said_other & (vehicle_mass + part_mass >= CAR_RELATED_MASS)
+    named = np.where(car_related, np.where(head_p[:, 1] >= head_p[:, 2], 1, 2), other_best)
+    return {"keep": keep, "pred": np.where(keep, 0, named), "p": head_p}
 
 
 def fold_standardisation(model: Any, name: str, trained_on: str) -> ExteriorHead:

@@ -143,7 +143,10 @@ def test_head_policy_reasons_say_what_the_image_is() -> None:
     assert decide_head([0.3, 0.1, 0.6, 0.0], CLASSES, car).reason == "vehicle_detail"
     # "other": named by the best ImageNet class that is not a vehicle (the head overruled those)
     assert decide_head([0.1, 0.1, 0.1, 0.7], CLASSES, dog, ranking=[207, 817]).reason == "not_vehicle:golden retriever"
-    assert decide_head([0.1, 0.1, 0.1, 0.7], CLASSES, car).reason == "not_vehicle:car wheel"
+    assert decide_head([0.1, 0.1, 0.1, 0.7], CLASSES, _probs(c207=0.5, c817=0.2)).reason == "not_vehicle:golden retriever"
+    # ... unless ImageNet sees a car or its parts: then it is named an interior or a close-up
+    assert decide_head([0.1, 0.2, 0.1, 0.6], CLASSES, car).reason == "interior"
+    assert decide_head([0.1, 0.1, 0.2, 0.6], CLASSES, car).reason == "vehicle_detail"
     # a vehicle the head never saw (its best other guess is "other") with strong ImageNet evidence
     assert decide_head([0.3, 0.1, 0.1, 0.5], CLASSES, bus).reason == "vehicle:school bus"
     assert not decide_head([0.3, 0.5, 0.1, 0.1], CLASSES, bus).keep  # ... but not an interior

@@ -72,7 +72,8 @@ PART_CLASSES: dict[int, str] = {
 INTERIOR_CLASSES = frozenset({685, 785})
 
 POLICIES: tuple[str, ...] = ("head", "mass", "mass_raw", "top1", "topk")
-HEAD_OVERRIDE_MASS = 0.8  # see decide_head; chosen by scripts/train_head.py's cross-validation
+HEAD_OVERRIDE_MASS = 0.8  # see decide_head; both chosen by scripts/train_head.py's cross-validation
+CAR_RELATED_MASS = 0.5
 INTERIOR = "interior"
 VEHICLE_DETAIL = "vehicle_detail"
 
@@ -153,12 +154,17 @@ def decide_head(
     """The ``head`` policy for one image: ``head_probs`` over ``classes`` (exterior first) and the
     ImageNet softmax ``probs``. Kept when p(exterior) >= ``threshold``, or when the head's best
     other guess is "other" (not a car part or interior) while the ImageNet vehicle mass is at least
-    ``HEAD_OVERRIDE_MASS``: a bus or an ambulance the head's car photos never showed it."""
+    ``HEAD_OVERRIDE_MASS``: a bus or an ambulance the head's car photos never showed it. A reject
+    the head calls "other" while vehicle + part mass >= ``CAR_RELATED_MASS`` is named ``interior``
+    or ``vehicle_detail`` (whichever the head finds likelier), not ``not_vehicle``."""
     best = max(range(1, len(classes)), key=lambda k: head_probs[k])
-    if head_probs[0] >= threshold or (
-        classes[best] == "other" and sum(probs[i] for i in VEHICLE_CLASSES) >= HEAD_OVERRIDE_MASS
-    ):
+    vehicle_mass = sum(probs[i] for i in VEHICLE_CLASSES)
+    if head_probs[0] >= threshold or (classes[best] == "other" and vehicle_mass >= HEAD_OVERRIDE_MASS):
         return Decision(True, f"vehicle:{_label(_top_of(probs, VEHICLE_CLASSES))}")
+    if classes[best] == "other" and vehicle_mass + sum(probs[i] for i in PART_CLASSES) >= CAR_RELATED_MASS:
+        # ImageNet sees a car (or its parts) that the head will not keep: an interior or a
+        # close-up from a kind of photo the head never saw; name it by the likelier of the two
+        best = max((k for k in range(1, len(classes)) if classes[k] in ("interior", "detail")), key=lambda k: head_probs[k])
     if classes[best] == "interior":
         return Decision(False, INTERIOR)
     if classes[best] == "detail":
