@@ -17,6 +17,7 @@ An interrupted run leaves unmerged shards; the same command runs what is unfinis
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -24,6 +25,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from carcrawl.config import Settings
@@ -82,6 +84,7 @@ def run_sharded(
     if workers is not None and workers < 1:
         raise ConfigError("--workers: must be 1 or more")
     ray = import_ray()
+    settings = _absolute(settings)
     main = settings.checkpoint_path
     if fresh:
         shutil.rmtree(shards_root(settings), ignore_errors=True)
@@ -131,6 +134,15 @@ def run_sharded(
     return RunResult(state, prep.run_id, stats["elapsed_s"], stats, status, classifier)  # type: ignore[arg-type]
 
 
+def _absolute(settings: Settings) -> Settings:
+    """Output paths made absolute: a worker on another node (or in another folder) must write
+    where the driver merges from."""
+    c = settings.crawl
+    crawl = dataclasses.replace(c, out=str(Path(c.out).resolve()),
+                                checkpoint=str(Path(c.checkpoint).resolve()) if c.checkpoint else "")
+    return dataclasses.replace(settings, crawl=crawl)
+
+
 def status_of(settings: Settings) -> dict[str, Any]:
     """The main checkpoint and any unmerged shards counted as one dataset."""
     main = settings.checkpoint_path
@@ -173,6 +185,8 @@ def _run_shards(
     def on_signal(signum: int, frame: Any) -> None:
         nonlocal presses
         presses += 1
+        if presses > 2:  # the shards did not stop on "now": leave them to Ray's shutdown
+            raise KeyboardInterrupt
         stop.parent.mkdir(parents=True, exist_ok=True)
         stop.write_text("drain" if presses == 1 else "now")
         if presses == 1:
