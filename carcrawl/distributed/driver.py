@@ -98,10 +98,11 @@ def run_sharded(
     stop = stop_file(settings)
     stop.unlink(missing_ok=True)
     t_ray = time.monotonic()
-    _init_ray(ray, address, workers)
+    planned = planned_shards(main)
+    _init_ray(ray, address, workers or planned or 1)
     t_shards = time.monotonic()
     try:
-        n = planned_shards(main) or workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        n = planned or workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         in_flight_cap = min(workers or n, n)
         if workers is not None and n != workers:
             log.warning("this folder was split into %d shards by an earlier run; running at most %d at once", n, in_flight_cap)
@@ -149,7 +150,7 @@ def status_of(settings: Settings) -> dict[str, Any]:
     return combined_status(main, shard_checkpoints(main))
 
 
-def _init_ray(ray: Any, address: str | None, workers: int | None) -> None:
+def _init_ray(ray: Any, address: str | None, cpus: int) -> None:
     quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
     if address:
         try:
@@ -157,7 +158,6 @@ def _init_ray(ray: Any, address: str | None, workers: int | None) -> None:
         except (ConnectionError, RuntimeError) as e:
             raise ConfigError(f"--ray {address}: cannot connect to the Ray cluster ({str(e).splitlines()[0]})") from None
         return
-    cpus = max(workers or 1, 1)
     # a local cluster sized to the shards asked for (not to the cores), a small object store
     # (only outcomes cross it), no dashboard
     ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=80 * 2**20, **quiet)
