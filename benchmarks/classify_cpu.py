@@ -84,7 +84,7 @@ def main() -> None:
     from carcrawl.classify import ClassifySettings, load_classifier
     from carcrawl.classify.dali import DaliDecoder, dali_import_error
     from carcrawl.classify.decode import PillowDecoder
-    from carcrawl.classify.networks import _efficientnet_lite0
+    from carcrawl.classify.networks import _efficientnet_lite
 
     pil = ("pillow-simd " if ".post" in PIL.__version__ else "pillow ") + PIL.__version__
     photos, skipped = load_photos(args.images)
@@ -109,7 +109,7 @@ def main() -> None:
     # The naive baseline's model: the same weights as the package ships them (no batch-norm
     # folding, default memory format), on ONE torch thread: with torch's default (every core)
     # it ran 3-5 images/s here, one image per call spinning two threads on a shared machine.
-    naive_body, naive_head, _ = _efficientnet_lite0(None)
+    naive_body, naive_head, _ = _efficientnet_lite("efficientnet_lite0", None)
     naive_body.eval()
 
     def classify_naive(torch_threads: int = 1) -> None:

@@ -2,7 +2,7 @@
 
 Run on a machine with a CUDA GPU (the project's `device` tool lends an H100 to some sessions):
 
-    .venv/bin/python benchmarks/classify_gpu.py [--images DIR] [--images-per-pass 2048] [--batches 64,128,256]
+    .venv/bin/python benchmarks/classify_gpu.py [--device cuda:0] [--model resnet50] [--images DIR] [--images-per-pass 2048] [--batches 64,128,256]
 
 Workload: the real photos of ../shared/images when present, else the photo set the project ships
 (carcrawl/data/sandbox_photos), repeated to ``--images-per-pass`` encoded images. Modes
@@ -73,7 +73,8 @@ def run_batch(batch: int, args: argparse.Namespace, workload: list[bytes], jpegs
     from carcrawl.classify import ClassifySettings, load_classifier
 
     results: list[dict[str, Any]] = []
-    base = {"model": "resnet50", "weights": weights, "device": "cuda", "batch_size": batch}
+    base = {"model": args.model, "weights": weights if args.model == "resnet50" else None, "device": args.device,
+            "batch_size": batch}
     classifiers = {"pillow": load_classifier(ClassifySettings(decoder="pillow", **base))}  # type: ignore[arg-type]
     if dali_ok:
         classifiers["dali-gpu"] = load_classifier(ClassifySettings(decoder="dali", **base))  # type: ignore[arg-type]
@@ -188,6 +189,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--naive-images", type=int, default=256, help="images per naive pass (it is slow)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the network body (slow start)")
+    ap.add_argument("--device", default="cuda:0", help="the GPU to measure (cuda:N)")
+    ap.add_argument("--model", default="resnet50", help="resnet50 (random weights when none are cached) or efficientnet_lite0")
     args = ap.parse_args()
 
     import torch
@@ -197,6 +200,7 @@ def main() -> None:
 
     if not torch.cuda.is_available():
         raise SystemExit("classify_gpu.py needs a CUDA GPU (torch.cuda.is_available() is False)")
+    torch.cuda.set_device(torch.device(args.device))  # "cuda" below (synthetic input, torchvision) = that GPU
     photos = load_photos(args.images)
     if not photos:
         raise SystemExit(f"no photos under {args.images}")

@@ -94,14 +94,14 @@ class DownloadSettings:
 @dataclass(frozen=True)
 class ClassifyConfig:
     enabled: bool = True
-    model: Literal["auto", "efficientnet_lite0", "resnet50"] = "auto"
+    model: Literal["auto", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet50"] = "auto"
     weights: str = ""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (checked by classify.settings.parse_device)
     decoder: Literal["auto", "pillow", "dali"] = "auto"
     batch_size: int = 32
     batch_timeout: float = 0.5  # seconds a partial batch waits before it runs
     threads: int = 0  # 0 = sized to the machine
-    policy: Literal["mass", "topk", "top1"] = "mass"
+    policy: Literal["head", "mass", "topk", "top1"] = "head"
     top_k: int = 4
     threshold: float = 0.5
     max_pixels: int = 50_000_000
@@ -256,6 +256,13 @@ def _check_ranges(obj: Any, where: str) -> None:
                     ipaddress.ip_network(net, strict=False)
                 except ValueError:
                     raise ConfigError(f"{full}[{i}]: not a network like '10.0.0.0/8': {net!r}") from None
+        if f.name == "device" and isinstance(value, str):
+            from carcrawl.classify.settings import parse_device
+
+            try:
+                parse_device(value)
+            except ConfigError:
+                raise ConfigError(f"{full}: {value!r} is not one of auto, cpu, cuda, cuda:N (N = a GPU index)") from None
         if f.name in ("user_agent", "contact") and any(ord(c) < 32 or ord(c) == 127 for c in value):
             raise ConfigError(f"{full}: must not contain control characters (it is sent as an HTTP header)")
 

@@ -31,6 +31,7 @@ from carcrawl.errors import CarcrawlError
 from carcrawl.filestore import ImageFiles
 from carcrawl.models import Query
 from carcrawl.net import HttpClient, TokenBucket
+from carcrawl.quota import Quota
 from carcrawl.search import Engine, SearchStage
 from carcrawl.stats import Stats
 from carcrawl.store import Store, open_readonly, status_counts
@@ -91,6 +92,7 @@ class Pipeline:
         self.search_only = search_only  # load the job and search; downloads are left to shards
         self._stages: list[Any] = []
         self.stopping = False
+        self.capped = False  # stopped because --max-images was reached: a finished run, not an interrupted one
         self.classifier_name: str | None = None
 
     def stop(self) -> None:
@@ -206,7 +208,8 @@ class Pipeline:
         classify_on = s.classify.enabled and not self.search_only
         queue: asyncio.Queue[ClassifyItem | None] | None = asyncio.Queue(s.download.queue_size) if classify_on else None
         search = SearchStage(store, client, self._engines(), self.stats)
-        download = DownloadStage(store, client, files, s.download, self.stats, queue, max_pixels=s.classify.max_pixels)
+        download = DownloadStage(store, client, files, s.download, self.stats, queue, max_pixels=s.classify.max_pixels,
+                                 quota=await self._quota(store))
         self._stages: list[Any] = [search, download]
         classify = None
         if classify_on:
@@ -222,6 +225,9 @@ class Pipeline:
         if self.stopping:
             for stage in self._stages:
                 stage.stop()
+        elif self.capped:  # the cap was reached before this run stored anything
+            search.stop()
+            download.stop()
         search_done = asyncio.Event()
         stages_done = asyncio.Event()
 
@@ -238,10 +244,13 @@ class Pipeline:
             if queue is not None:  # only on a normal end: a cancelled run has no classifier to tell
                 await queue.put(None)
 
+        known = store.new_candidates  # the distinct URLs loaded before the start event counted them
+
         async def reporting() -> None:
             while not stages_done.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stages_done.wait(), s.store.commit_interval)
+                self.stats.counts["new_candidates"] = store.new_candidates - known
                 store.record_progress(run_id, *self._progress_numbers())
                 self.on_event("progress", self.stats)
 
@@ -273,6 +282,24 @@ class Pipeline:
                 group.create_task(reporting(), name="progress")
         except BaseExceptionGroup as eg:
             raise _first_error(eg) from None
+
+    async def _quota(self, store: Store) -> Quota | None:
+        c = self.settings.crawl
+        if not c.max_images and not c.per_class:
+            return None
+        total, counts = await store.stored_per_class()
+
+        def full() -> None:
+            # like a drain, but only of search and download: what was stored still gets classified
+            self.capped = True
+            self.on_event("capped", c.max_images)
+            for stage in self._stages[:2]:
+                stage.stop()
+
+        quota = Quota(c.max_images, c.per_class, total, counts, on_full=full)
+        if quota.full:
+            full()
+        return quota
 
     def _progress_numbers(self) -> tuple[int, int, int, int, int]:
         c = self.stats.counts

@@ -20,6 +20,7 @@ class ProgressDisplay:
     """Bars for search, download and classify; totals grow as the crawl discovers work."""
 
     def __init__(self, enabled: bool = True, classify: bool = True):
+        self._capped = False
         self.enabled = enabled
         self.classify = classify
         self.progress: Progress | None = None
@@ -46,6 +47,8 @@ class ProgressDisplay:
             self.progress.stop()
 
     def event(self, kind: str, data: Any) -> None:
+        if kind == "capped":
+            self._capped = True
         if not self.enabled and kind != "stopping":  # --quiet / --json: nothing on the terminal
             return
         if kind == "classifier":
@@ -54,6 +57,10 @@ class ProgressDisplay:
             console.print(f"resuming: {describe_recovered(data)} in flight when the last run stopped; they are pending again")
         elif kind == "temp_removed":
             console.print(f"removed {data} temporary files a killed run left behind")
+        elif kind == "capped":
+            console.print(f"reached --max-images {data}: finishing the transfers in flight, then done")
+        elif kind == "stopping" and self._capped:
+            return
         elif kind == "stopping":
             console.print("[yellow]stopping: finishing transfers in flight and committing (Ctrl-C again to stop at once)[/]")
         elif kind == "start" and self.progress is not None:
@@ -78,7 +85,7 @@ class ProgressDisplay:
         p.update(self.tasks["search"], completed=searched, total=max(self.base.get("searches", 0), searched) or None,
                  rate=f"{c['candidates']} URLs found")
         done = c["fetched"] + c["failed"]
-        total = self.base.get("candidates", 0) + c["candidates"]
+        total = self.base.get("candidates", 0) + c["new_candidates"]  # distinct URLs, as committed
         p.update(self.tasks["download"], completed=done, total=max(total, done) or None,
                  rate=f"{stats.rate('fetched'):.1f} img/s, {c['bytes'] / 1e6:.1f} MB, {c['failed']} failed")
         if "classify" in self.tasks:

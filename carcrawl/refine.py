@@ -1,17 +1,23 @@
 """``carcrawl refine``: a small probe trained on the reviewer's marks.
 
-An L2-regularised logistic regression (numpy, full-batch gradient descent on standardised
-features) learns "right" vs "wrong" from the stored classifier embeddings of the marked images,
-reports its k-fold cross-validated accuracy, and scores every image that has an embedding. The
-scores go into the checkpoint; ``carcrawl export --refined`` lets them decide (>= 0.5 kept)
-instead of the classifier's verdicts, and reviewer marks still win over both.
+scikit-learn's ``LogisticRegression`` (L2, classes weighted equally because marks are often
+lopsided, on standardised features) learns "right" vs "wrong" from the stored classifier
+embeddings of the marked images, reports its stratified k-fold cross-validated accuracy (near
+duplicates of one another stay in one fold, so a copy never scores its twin), and scores every
+image that has an embedding from the same model. Embeddings are read in pages as float32, so
+memory does not grow with the crawl. The scores go into the checkpoint; ``carcrawl export
+--refined`` lets them decide (>= 0.5 kept) instead of the classifier's verdicts, and reviewer marks
+still win over both.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,9 +25,8 @@ from carcrawl.errors import CarcrawlError
 from carcrawl.store.dataset import DatasetDB
 
 MIN_PER_CLASS = 3
-L2 = 1.0
-STEPS = 400
-LR = 0.5
+C = 1.0  # inverse L2 strength on standardised features (sklearn's default)
+PAGE = 4096  # embeddings scored per step
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,63 +49,38 @@ class RefineResult:
                 "use `carcrawl export --refined` to let these scores decide")
 
 
-def _fit(x: np.ndarray, y: np.ndarray, l2: float = L2, steps: int = STEPS) -> tuple[np.ndarray, float]:
-    """Logistic regression weights and bias; classes weighted equally (marks are often lopsided)."""
-    n, d = x.shape
-    w = np.zeros(d, dtype=np.float64)
-    b = 0.0
-    pos = max(1, int(y.sum()))
-    neg = max(1, n - pos)
-    sw = np.where(y > 0, n / (2 * pos), n / (2 * neg))
-    for _ in range(steps):
-        p = 1 / (1 + np.exp(-(x @ w + b)))
-        g = sw * (p - y)
-        w -= LR * (x.T @ g / n + l2 * w / n)
-        b -= LR * float(g.mean())
-    return w, b
+def _probe() -> Any:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(C=C, class_weight="balanced", max_iter=2000))
 
 
-def _predict(x: np.ndarray, w: np.ndarray, b: float) -> np.ndarray:
-    return 1 / (1 + np.exp(-np.clip(x @ w + b, -50, 50)))
+def _vectors(rows: list[tuple[str, bytes, str]]) -> np.ndarray:
+    return np.stack([np.frombuffer(emb, dtype="<f2") for _s, emb, _m in rows]).astype(np.float32)
 
 
-def _standardise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    return (x - mean) / std
+def cross_validate(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int, seed: int = 0) -> float:
+    """Stratified k-fold accuracy, each group (near-duplicate cluster) inside one fold; the
+    standardisation is fitted on each training fold only (it is part of the pipeline)."""
+    from sklearn.model_selection import StratifiedGroupKFold, cross_val_score
 
-
-def cross_validate(x: np.ndarray, y: np.ndarray, folds: int, seed: int = 0) -> float:
-    """Stratified k-fold accuracy (standardisation fitted on each training fold only)."""
-    rng = np.random.default_rng(seed)
-    fold_of = np.empty(len(y), dtype=int)
-    for cls in (0, 1):
-        idx = np.flatnonzero(y == cls)
-        rng.shuffle(idx)
-        fold_of[idx] = np.arange(len(idx)) % folds
-    correct = 0
-    for k in range(folds):
-        tr, te = fold_of != k, fold_of == k
-        mean, std = x[tr].mean(0), x[tr].std(0) + 1e-6
-        w, b = _fit(_standardise(x[tr], mean, std), y[tr])
-        correct += int(((_predict(_standardise(x[te], mean, std), w, b) >= 0.5) == (y[te] > 0)).sum())
-    return correct / len(y)
+    cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return float(cross_val_score(_probe(), x, y, groups=groups, cv=cv, scoring="accuracy").mean())
 
 
 def refine(target: str | Path) -> RefineResult:
     with DatasetDB.open(target) as db:
         marks = db.reviews()
-        rows = list(db.embeddings())
-        if not rows:
+        marked_rows = sorted(db.embeddings(marks))
+        if not marked_rows and next(db.embeddings(), None) is None:
             raise CarcrawlError(f"{db.path}: no stored embeddings (was the crawl classified?); nothing to train on")
-        sizes: dict[tuple[str, int], int] = {}
-        for _s, emb, model in rows:
-            sizes[(model, len(emb))] = sizes.get((model, len(emb)), 0) + 1
-        model, size = max(sizes, key=lambda k: (sizes[k], k))
-        rows = [r for r in rows if r[2] == model and len(r[1]) == size]
-        shas = [r[0] for r in rows]
-        x_all = np.stack([np.frombuffer(r[1], dtype="<f2").astype(np.float64) for r in rows])
-        index = {s: i for i, s in enumerate(shas)}
-        marked = [(index[s], 1.0 if m == "right" else 0.0) for s, m in sorted(marks.items()) if s in index]
-        y = np.array([m for _i, m in marked])
+        # the probe speaks the embedding of the model most marked images were judged by
+        kinds = Counter((model, len(emb)) for _s, emb, model in marked_rows)
+        model, size = max(kinds, key=lambda k: (kinds[k], k)) if kinds else ("", 0)
+        marked_rows = [r for r in marked_rows if (r[2], len(r[1])) == (model, size)]
+        y = np.array([1 if marks[s] == "right" else 0 for s, _e, _m in marked_rows])
         right, wrong = int(y.sum()), int(len(y) - y.sum())
         if right < MIN_PER_CLASS or wrong < MIN_PER_CLASS:
             raise CarcrawlError(
@@ -108,18 +88,24 @@ def refine(target: str | Path) -> RefineResult:
                 f"embeddings; have {right} right and {wrong} wrong. Mark more in the report "
                 "(`carcrawl report`), save, and `carcrawl review import marks.json`."
             )
-        x = x_all[[i for i, _m in marked]]
+        x = _vectors(marked_rows)
+        shas = [s for s, _e, _m in marked_rows]
+        clusters = db.clusters_of(shas)
+        groups = np.array([clusters.get(s, s) for s in shas])
         folds = min(5, right, wrong)
-        cv = cross_validate(x, y, folds)
-        mean, std = x.mean(0), x.std(0) + 1e-6
-        w, b = _fit(_standardise(x, mean, std), y)
-        scores = np.empty(len(shas))
-        for start in range(0, len(shas), 4096):  # bounded memory on big crawls
-            scores[start:start + 4096] = _predict(_standardise(x_all[start:start + 4096], mean, std), w, b)
-        probe = json.dumps({"model": model, "marks": len(y), "cv_accuracy": round(cv, 4), "folds": folds})
-        db.save_refined(list(zip(shas, scores.tolist(), strict=True)), probe)
-        db.set_meta("refine.probe", probe)
+        cv = cross_validate(x, y, groups, folds)
+        probe = _probe().fit(x, y)
+        scores: list[tuple[str, float]] = []
+        rows = db.embeddings()
+        while raw := list(itertools.islice(rows, PAGE)):
+            page = [r for r in raw if (r[2], len(r[1])) == (model, size)]
+            if page:
+                p = probe.predict_proba(_vectors(page))[:, list(probe.classes_).index(1)]
+                scores += zip((s for s, _e, _m in page), p.tolist(), strict=True)
+        note = json.dumps({"model": model, "marks": len(y), "cv_accuracy": round(cv, 4), "folds": folds})
+        db.save_refined(scores, note)
+        db.set_meta("refine.probe", note)
     return RefineResult(
-        marks=len(y), right=right, wrong=wrong, folds=folds, cv_accuracy=cv,
-        baseline_accuracy=max(right, wrong) / len(y), scored=len(shas), kept=int((scores >= 0.5).sum()), model=model,
+        marks=len(y), right=right, wrong=wrong, folds=folds, cv_accuracy=cv, baseline_accuracy=max(right, wrong) / len(y),
+        scored=len(scores), kept=sum(1 for _s, v in scores if v >= 0.5), model=model,
     )

@@ -10,12 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ROOT
+from helpers import ROOT, write_config
 from test_classify_decode import png_claiming
 
 from carcrawl.classify import ClassifySettings, load_classifier
-from carcrawl.classify.policy import PART_CLASSES, VEHICLE_CLASSES, decide
-from carcrawl.errors import ModelUnavailableError
+from carcrawl.classify.head import CLASSES
+from carcrawl.classify.policy import PART_CLASSES, VEHICLE_CLASSES, decide, decide_head
+from carcrawl.classify.settings import parse_device
+from carcrawl.config import load_settings
+from carcrawl.errors import ConfigError, ModelUnavailableError
 from carcrawl.models import Verdict
 
 # Checked by hand and by benchmarks/policy_eval.py: vehicle mass > 0.85 / < 0.05 with the offline model.
@@ -51,7 +54,7 @@ def items(folder: Path, names: list[str]) -> list[tuple[str, bytes]]:
 def test_describe_names_model_device_decoder(classifier: object) -> None:
     text = classifier.describe()  # type: ignore[attr-defined]
     assert text.startswith("efficientnet_lite0 (offline weights) on cpu, decoder pillow")
-    assert "batch 16" in text
+    assert "batch 16" in text and "policy head p(exterior) >= 0.5 (453 photos of 18 sources" in text
     assert (classifier.name, classifier.device) == ("efficientnet_lite0", "cpu")  # type: ignore[attr-defined]
 
 
@@ -65,7 +68,7 @@ def test_vehicles_kept_others_rejected(classifier: object, shared: Path) -> None
     for n in VEHICLES:
         assert by_name[n].reason.startswith("vehicle:")
     for n in OTHERS:
-        assert by_name[n].reason.startswith(("not_vehicle:", "vehicle_part:"))
+        assert by_name[n].reason.startswith("not_vehicle:") or by_name[n].reason in ("interior", "vehicle_detail")
     v = by_name["darknet__dog.jpg"]
     assert len(v.top5) == 5 and v.top5[0].score >= v.top5[-1].score and v.model == "efficientnet_lite0"
     assert (v.width, v.height) == (768, 576)
@@ -119,7 +122,8 @@ def test_policies_on_probability_vectors() -> None:
     close_up = _probs(c479=0.45, c785=0.2, c817=0.3)  # a wheel close-up with a car guess
     dash = _probs(c207=0.5, c817=0.1)  # a car 2nd: the seed rule keeps it
     assert decide(car, "mass", threshold=0.5).reason == "vehicle:sports car"
-    assert decide(close_up, "mass", threshold=0.5).reason == "vehicle_part:car wheel"
+    assert decide(close_up, "mass", threshold=0.5).reason == "vehicle_detail"
+    assert decide(_probs(c785=0.6, c817=0.2), "mass", threshold=0.5).reason == "interior"  # a seat belt
     assert not decide(close_up, "mass_raw", threshold=0.5).keep
     assert decide(close_up, "topk", top_k=4).keep  # the seed rule keeps close-ups
     assert decide(dash, "topk", top_k=4).keep and not decide(dash, "top1").keep
@@ -129,6 +133,48 @@ def test_policies_on_probability_vectors() -> None:
         decide(car, "nope")
 
 
+def test_head_policy_reasons_say_what_the_image_is() -> None:
+    car = _probs(c817=0.7, c479=0.1)
+    bus = _probs(c779=0.9)  # a school bus: vehicle mass 0.9
+    dog = _probs(c207=0.5, c817=0.3)
+    assert CLASSES == ("exterior", "interior", "detail", "other")
+    assert decide_head([0.9, 0.05, 0.03, 0.02], CLASSES, car) == decide(car, "mass")  # kept, vehicle:sports car
+    assert decide_head([0.2, 0.7, 0.05, 0.05], CLASSES, car).reason == "interior"  # a cabin ImageNet calls a car
+    assert decide_head([0.3, 0.1, 0.6, 0.0], CLASSES, car).reason == "vehicle_detail"
+    # "other": named by the best ImageNet class that is not a vehicle (the head overruled those)
+    assert decide_head([0.1, 0.1, 0.1, 0.7], CLASSES, dog, ranking=[207, 817]).reason == "not_vehicle:golden retriever"
+    assert decide_head([0.1, 0.1, 0.1, 0.7], CLASSES, _probs(c207=0.5, c817=0.2)).reason == "not_vehicle:golden retriever"
+    # ... unless ImageNet sees a car or its parts: then it is named an interior or a close-up
+    assert decide_head([0.1, 0.2, 0.1, 0.6], CLASSES, car).reason == "interior"
+    assert decide_head([0.1, 0.1, 0.2, 0.6], CLASSES, car).reason == "vehicle_detail"
+    # a vehicle the head never saw (its best other guess is "other") with strong ImageNet evidence
+    assert decide_head([0.3, 0.1, 0.1, 0.5], CLASSES, bus).reason == "vehicle:school bus"
+    assert not decide_head([0.3, 0.5, 0.1, 0.1], CLASSES, bus).keep  # ... but not an interior
+
+
+def test_a_backbone_without_a_head_falls_back_to_mass_and_says_so(tmp_path: Path) -> None:
+    from carcrawl.classify.head import load_head
+
+    assert load_head("resnet50", 2048) is None  # no ResNet-50 weights where the heads were trained
+    wrong = tmp_path / "h.npz"
+    import shutil
+
+    shutil.copy(ROOT / "carcrawl" / "data" / "heads" / "efficientnet_lite0.npz", wrong)
+    with pytest.raises(ValueError, match="a head for efficientnet_lite0.*not for resnet50.*train_head.py --model resnet50"):
+        load_head("resnet50", 2048, wrong)
+
+
+def test_device_names(tmp_path: Path) -> None:
+    assert [parse_device(d) for d in ("auto", "cpu", "cuda", "cuda:0", "CUDA:3")] == [
+        ("auto", None), ("cpu", None), ("cuda", None), ("cuda", 0), ("cuda", 3)]
+    for bad in ("gpu", "cuda:", "cuda:x", "cpu:1", "cuda:-1"):
+        with pytest.raises(ConfigError, match="not one of auto, cpu, cuda, cuda:N"):
+            parse_device(bad)
+    assert load_settings(write_config(tmp_path / "a.toml", '[classify]\ndevice = "cuda:1"\n')).classify.device == "cuda:1"
+    with pytest.raises(ConfigError, match="classify.device: 'gpu:1' is not one of"):
+        load_settings(write_config(tmp_path / "b.toml", '[classify]\ndevice = "gpu:1"\n'))
+
+
 def test_cuda_without_a_gpu_is_a_clear_error() -> None:
     import torch
 
@@ -136,6 +182,8 @@ def test_cuda_without_a_gpu_is_a_clear_error() -> None:
         pytest.skip("this machine has CUDA")
     with pytest.raises(ModelUnavailableError, match="torch sees no CUDA GPU.*--device cpu"):
         load_classifier(ClassifySettings(device="cuda"))
+    with pytest.raises(ModelUnavailableError, match="device = cuda:1, but torch sees no CUDA GPU"):
+        load_classifier(ClassifySettings(device="cuda:1"))
 
 
 def test_missing_weights_file_is_a_clear_error(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ async def _run(tmp: Path, items: list[ClassifyItem], depth: int) -> dict[str, tu
 
 
 async def test_batches_in_flight_give_the_same_verdicts_and_judge_duplicates_once(tmp_path: Path) -> None:
-    photos = sorted(p for p in IMAGES.rglob("*.jpg"))[:30]
+    photos = sorted(p for p in IMAGES.rglob("*.jpg"))[::4][:30]  # interiors, others and vehicles
     items = []
     for p in photos:
         body = p.read_bytes()

@@ -142,3 +142,33 @@ def test_status_and_why_answer_on_stdout(tmp_path: Path) -> None:
     assert "failed: http_404" in why.stdout and "attempts" in why.stdout and "URL list" in why.stdout
     as_json = json.loads(run(["status", "out", "--url", missing, "--json"], tmp_path).stdout)
     assert as_json["state"] == "failed" and as_json["reason"] == "http_404"
+
+
+def test_status_gives_no_eta_while_searches_are_still_to_run(tmp_path: Path) -> None:
+    """A checkpoint whose last run downloaded at a steady rate but still has searches to run: the
+    URLs pending now are not all the work left, so `status` says the ETA is unknown instead of
+    dividing them by the rate (which printed `ETA 0.0 min` with 243 searches in flight)."""
+    import asyncio
+
+    from carcrawl.models import Labels, Query
+    from carcrawl.store import Store
+
+    async def build() -> None:
+        store = await Store.open(tmp_path / "out" / "checkpoint.sqlite")
+        await store.add_queries(iter([Query(f"q{i}", Labels(make="ford", model="mustang")) for i in range(3)]),
+                                ["bing"], 10)
+        run_id = await store.start_run("crawl", "{}")
+        store.record_progress(run_id, 0, 0, 0, 0, 0)
+        await store.flush()
+        await asyncio.sleep(0.05)
+        store.record_progress(run_id, 0, 50, 0, 0, 0)
+        await store.finish_run(run_id, "interrupted")
+        await store.close()
+
+    (tmp_path / "out").mkdir()
+    asyncio.run(build())
+    st = json.loads(run(["status", "out", "--json"], tmp_path).stdout)
+    assert st["rate_urls_per_s"] > 0 and st["eta_seconds"] is None
+    assert "3 searches" in st["eta_note"]
+    human = " ".join(run(["status", "out"], tmp_path).stdout.split())
+    assert "ETA unknown while 3 searches are still to run" in human and "0.0 min" not in human

@@ -20,7 +20,8 @@ def test_shipped_config_documents_exactly_the_defaults() -> None:
     ("text", "message"),
     [
         ("[download]\nconcurency = 3", "download.concurency: unknown key (did you mean 'concurrency'?)"),
-        ('[classify]\ndevice = "tpu"', "classify.device: 'tpu' is not allowed; expected one of 'auto', 'cpu', 'cuda'"),
+        ('[classify]\ndevice = "tpu"', "classify.device: 'tpu' is not one of auto, cpu, cuda, cuda:N"),
+        ('[classify]\npolicy = "vibes"', "classify.policy: 'vibes' is not allowed; expected one of 'head', 'mass'"),
         ("[download]\nconcurrency = -1", "download.concurrency: must be greater than 0"),
         ('[engines.bing]\nrate = "fast"', "engines.bing.rate: expected a number"),
         ("[classify]\nthreshold = 1.5", "classify.threshold: must be between 0 and 1"),

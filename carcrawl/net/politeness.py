@@ -82,6 +82,13 @@ class HostLimiter:
             await asyncio.sleep(wait)
         self._sent[host] = time.monotonic()
 
+    def started(self, host: str) -> None:
+        """A request to ``host`` starts now: the next may start ``interval`` from now at the
+        earliest (a lease stamps this when granted; the request re-stamps it when it leaves)."""
+        until = time.monotonic() + self.interval
+        if until > self._next.get(host, 0.0):
+            self._next[host] = until
+
     def release(self, host: str) -> None:
         n = self._active.get(host, 0) - 1
         if n > 0:
@@ -150,8 +157,11 @@ class Lease:
 
     async def before_request(self) -> None:
         if self.fresh:
+            # the interval runs from the request's start, not from the lease: between the two
+            # this download may have waited (for robots.txt another download was fetching)
             self.fresh = False
             await self.limiter.sending(self.host)
+            self.limiter.started(self.host)
         else:
             await self.limiter.pace(self.host)
 

@@ -30,7 +30,9 @@ def open_readonly(path: str | Path) -> sqlite3.Connection:
 
 
 # reasons that carry an argument are counted under their prefix (one line, not one per image)
-_REASON_KEY = "CASE WHEN reason LIKE 'near_duplicate_of:%' THEN 'near_duplicate' ELSE reason END"
+# (``not_vehicle:<class>`` as ``not_vehicle``, beside ``interior`` and ``vehicle_detail``: what the images were)
+_REASON_KEY = ("CASE WHEN reason LIKE 'near_duplicate_of:%' THEN 'near_duplicate'"
+               " WHEN reason LIKE 'not_vehicle:%' THEN 'not_vehicle' ELSE reason END")
 
 
 def status_counts(con: sqlite3.Connection) -> dict[str, Any]:

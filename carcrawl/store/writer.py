@@ -21,6 +21,7 @@ import aiosqlite
 
 from carcrawl.errors import DiskFullError
 from carcrawl.models import Candidate, Labels, Query, Verdict
+from carcrawl.quota import class_of
 from carcrawl.store.schema import check_and_init
 from carcrawl.urlsafety import refuse
 
@@ -77,6 +78,8 @@ class DownloadTask:
     candidate_id: int
     url: str
     attempts: int
+    label: str = ""  # the class a per-class quota counts (carcrawl.quota.class_of)
+    key: str = ""  # url_key: its origin prefix is what the fair feeder groups by
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +106,7 @@ class Store:
         self._lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
         self.commits = 0  # batches committed so far
+        self.new_candidates = 0  # distinct candidate rows inserted so far (what the download bar counts)
         self._wake = asyncio.Event()
         self.on_commit: list[Any] = []  # callbacks run after each commit (the feeders wait on these)
 
@@ -199,6 +203,7 @@ class Store:
                     raise _disk_full(e, self.path) from None
                 raise
             self.commits += 1
+            self.new_candidates += commit.result()
         for callback in self.on_commit:
             callback()
         return n
@@ -209,20 +214,24 @@ class Store:
             self._ops.setdefault(sql, []).extend(rows)
         self._pending_rows += n
 
-    async def _apply(self, ops: dict[str, list[tuple[Any, ...]]]) -> None:
+    async def _apply(self, ops: dict[str, list[tuple[Any, ...]]]) -> int:
         """One transaction: BEGIN, one ``executemany`` per statement (in the dependency order of
         :data:`_APPLY_ORDER`, so a batch costs ~10 thread hops, not one per row or per change of
         statement), COMMIT; ROLLBACK on any error."""
         db = self._db
+        added = 0  # candidates really inserted (a URL another search found already is ignored)
         await db.execute("BEGIN IMMEDIATE")
         try:
             for sql in sorted(ops, key=_apply_rank):
-                await db.executemany(sql, ops[sql])
+                cur = await db.executemany(sql, ops[sql])
+                if sql is _SQL_INSERT_CANDIDATE:
+                    added += max(0, cur.rowcount)
             await db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
                 await db.execute("ROLLBACK")
             raise
+        return added
 
     # -- runs and meta -------------------------------------------------------------------------
 
@@ -381,16 +390,54 @@ class Store:
              *_labels(labels), time.time(), "failed" if refused else "pending", refused),
         )
 
-    async def next_candidates(self, after_id: int, limit: int) -> list[DownloadTask]:
-        """The next pending candidate URLs (by id); marked ``in_flight`` with the next commit."""
+    async def next_candidates(self, after_id: int, limit: int, *, mark: bool = True) -> list[DownloadTask]:
+        """The next pending candidate URLs (by id); with ``mark`` all of them are marked
+        ``in_flight`` with the next commit (else the caller marks those it takes: :meth:`take`)."""
         async with self._lock:
             rows = list(await self._db.execute_fetchall(
-                "SELECT id, url, attempts FROM candidates WHERE state='pending' AND id>? ORDER BY id LIMIT ?",
+                "SELECT id, url, attempts, make, model, category, url_key FROM candidates"
+                " WHERE state='pending' AND id>? ORDER BY id LIMIT ?",
                 (after_id, limit),
             ))
-        if rows:
+        if rows and mark:
             self._write(_SQL_CANDIDATES_IN_FLIGHT, (after_id, rows[-1][0]))
-        return [DownloadTask(r[0], r[1], r[2]) for r in rows]
+        return [_download_task(r) for r in rows]
+
+    async def stored_per_class(self) -> tuple[int, dict[str, int]]:
+        """Distinct stored images, in all and per class (of the candidate that first stored
+        each): where the image cap and the per-class quotas start from."""
+        counts: dict[str, int] = {}
+        async with self._lock:
+            rows = await self._db.execute_fetchall(
+                "SELECT c.make, c.model, c.category, count(*) FROM images i JOIN candidates c ON c.id = i.candidate_id"
+                " GROUP BY 1, 2, 3"
+            )
+        for make, model, category, n in rows:
+            key = class_of(make, model, category)
+            counts[key] = counts.get(key, 0) + n
+        return sum(counts.values()), counts
+
+    async def next_candidates_of(self, origin: str, after_key: str, limit: int) -> list[DownloadTask]:
+        """Pending candidates of one origin (``scheme://host[:port]/``), by url_key after
+        ``after_key``: a range of the url_key index, so a host's backlog is read without
+        rescanning the others' (the fair feeder's per-host cursor). Not marked: see :meth:`take`."""
+        upper = origin[:-1] + chr(ord(origin[-1]) + 1)  # every key that starts with ``origin`` is below
+        async with self._lock:
+            rows = await self._db.execute_fetchall(
+                "SELECT id, url, attempts, make, model, category, url_key FROM candidates"
+                " WHERE url_key >= ? AND url_key > ? AND url_key < ? AND state='pending' ORDER BY url_key LIMIT ?",
+                (origin, after_key, upper, limit),
+            )
+        return [_download_task(r) for r in rows]
+
+    def take(self, candidate_id: int) -> None:
+        """Mark one candidate ``in_flight`` with the next commit (it was handed to the scheduler)."""
+        self._write(_SQL_CANDIDATE_IN_FLIGHT, (candidate_id,))
+
+    async def has_pending_candidates(self) -> bool:
+        async with self._lock:
+            rows = await self._db.execute_fetchall("SELECT 1 FROM candidates WHERE state='pending' LIMIT 1")
+        return bool(list(rows))
 
     def record_fetched(
         self, candidate_id: int, *, sha256: str, final_url: str, attempts: int, image: StoredImage, size: int
@@ -464,6 +511,11 @@ class Store:
                 yield row
 
 
+def _download_task(r: Any) -> DownloadTask:
+    """A DownloadTask from (id, url, attempts, make, model, category, url_key)."""
+    return DownloadTask(r[0], r[1], r[2], class_of(r[3], r[4], r[5]), r[6])
+
+
 def _labels(labels: Labels) -> tuple[str, str, str, str, str]:
     return (labels.make, labels.model, labels.color, labels.body_type, labels.category)
 
@@ -480,6 +532,7 @@ _SQL_INSERT_CANDIDATE = (
     " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 _SQL_CANDIDATES_IN_FLIGHT = "UPDATE candidates SET state='in_flight' WHERE state='pending' AND id>? AND id<=?"
+_SQL_CANDIDATE_IN_FLIGHT = "UPDATE candidates SET state='in_flight' WHERE id=? AND state='pending'"
 _SQL_INSERT_IMAGE = (
     "INSERT OR IGNORE INTO images(sha256, path, format, bytes, candidate_id, created_at) VALUES (?,?,?,?,?,?)"
 )
@@ -509,6 +562,7 @@ _APPLY_ORDER = (
     _SQL_INSERT_CANDIDATE,
     _SQL_SEARCH_IN_FLIGHT,
     _SQL_CANDIDATES_IN_FLIGHT,
+    _SQL_CANDIDATE_IN_FLIGHT,
     _SQL_UPDATE_SEARCH,
     _SQL_INSERT_IMAGE,
     _SQL_CANDIDATE_DONE,
