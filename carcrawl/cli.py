@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -404,6 +405,16 @@ def demo(
         _fail(e)
 
 
+@contextlib.contextmanager
+def _reader_may_leave() -> Any:
+    """``carcrawl status DIR | head``: when the reader has what it wanted, stop quietly (exit 0)."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def _checkpoint_of(target: Path) -> Path:
     return target / "checkpoint.sqlite" if target.is_dir() or not target.suffix else target
 
@@ -468,10 +479,11 @@ def why(
         con.close()
     if story is None:
         _fail(CarcrawlError(f"{path}: no candidate with URL {strip_credentials(url)[0]!r}"))
-    if as_json:
-        typer.echo(json.dumps(story))
-        return
-    print_story(story)
+    with _reader_may_leave():
+        if as_json:
+            typer.echo(json.dumps(story))
+            return
+        print_story(story)
 
 
 @_command()
