@@ -134,6 +134,8 @@ class HostScheduler:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._retry_timers: set[asyncio.TimerHandle] = set()
         self._blocked_on_global: deque[str] = deque()
+        self._held_by: dict[str, int] = {}  # tasks held per host (the fair feeder's share)
+        self.released = asyncio.Event()  # set whenever a held task ends (the feeder may top up)
         self.active = 0
         self.held = 0
         self._idle = asyncio.Event()
@@ -154,9 +156,15 @@ class HostScheduler:
             self._room.release()
             return False
         self.held += 1
+        host = host_key(task.url)
+        self._held_by[host] = self._held_by.get(host, 0) + 1
         self._idle.clear()
         self._enqueue(task)
         return True
+
+    def held_by(self, host: str) -> int:
+        """Tasks of ``host`` held now (waiting, running or waiting for a retry)."""
+        return self._held_by.get(host, 0)
 
     def _enqueue(self, task: DownloadTask) -> None:
         host = host_key(task.url)
@@ -176,7 +184,7 @@ class HostScheduler:
                 task = q.popleft()
                 if self._give_up is not None:
                     self._give_up(task, given_up)
-                self._release_one()
+                self._release_one(host)
         while q:
             if self.active >= self.concurrency:
                 if host not in self._blocked_on_global:
@@ -194,7 +202,16 @@ class HostScheduler:
             task = q.popleft()
             self.active += 1
             assert self._group is not None, "HostScheduler.start(group) was not called"
-            self._group.create_task(self._go(host, task))
+            run = self._go(host, task)
+            try:
+                self._group.create_task(run)
+            except RuntimeError:  # the stage's TaskGroup is ending (a failure, a second Ctrl-C)
+                run.close()
+                self.active -= 1
+                self.limiter.release(host)
+                q.appendleft(task)
+                self.draining = True
+                return
         if q is not None and not q:
             del self._waiting[host]
 
@@ -211,7 +228,7 @@ class HostScheduler:
             if retry is not None and not self.draining:
                 self._hold_for_retry(*retry)  # keeps its room: a retry is still work held
             else:
-                self._release_one()
+                self._release_one(host)
             # the fetch released its lease; let this host and hosts waiting on the global cap go on
             self._pump(host)
             while self._blocked_on_global and self.active < self.concurrency:
@@ -229,9 +246,16 @@ class HostScheduler:
         handle = loop.call_later(delay, fire)
         self._retry_timers.add(handle)
 
-    def _release_one(self) -> None:
+    def _release_one(self, host: str | None) -> None:
         self.held -= 1
+        if host is not None:
+            n = self._held_by.get(host, 0) - 1
+            if n > 0:
+                self._held_by[host] = n
+            else:
+                self._held_by.pop(host, None)
         self._room.release()
+        self.released.set()
         if self.held == 0:
             self._idle.set()
 
@@ -248,7 +272,8 @@ class HostScheduler:
         self._timers.clear()
         self._retry_timers.clear()
         for _ in range(dropped):
-            self._release_one()
+            self._release_one(None)
+        self._held_by.clear()
         if self.held == 0:
             self._idle.set()
 
@@ -261,6 +286,35 @@ class HostScheduler:
             h.cancel()
         self._timers.clear()
         self._retry_timers.clear()
+
+
+@dataclass(slots=True)
+class _Deferred:
+    """An origin whose host reached its share of the buffer: its rows are read by url_key."""
+
+    host: str
+    ready_at: int  # the checkpoint commit after which its cursor may start (the id scan's marks are in)
+    cursor: str = ""
+    done: bool = False
+
+
+def _just_below(key: str) -> str:
+    """A string below ``key`` and above every string below it that a url_key can be."""
+    if not key:
+        return ""
+    below = ord(key[-1]) - 1
+    if 0xD800 <= below <= 0xDFFF:  # no surrogates in text SQLite can store
+        below = 0xD7FF
+    return key[:-1] + chr(below) + "\U0010ffff"
+
+
+def _origin(key: str) -> str | None:
+    """``scheme://host[:port]/`` of a url_key, or ``None`` when it has no such shape."""
+    start = key.find("://")
+    if start < 0:
+        return None
+    slash = key.find("/", start + 3)
+    return key[: slash + 1] if slash > start + 3 else None
 
 
 class DownloadStage:
@@ -311,23 +365,85 @@ class DownloadStage:
             self.scheduler.close()
 
     async def _feed(self, upstream_done: asyncio.Event) -> None:
+        """Read pending candidates by id and hand them to the scheduler, fairly across hosts.
+
+        A host may hold at most ``share`` of the buffer. When the id scan meets a host at its
+        share, that host's origin is *deferred*: the id scan skips its rows from then on, and
+        they are read by a cursor over the url_key index of that origin alone, topped up whenever
+        the host falls to half its share. So a list grouped by host (10 000 URLs of one host, then
+        the next) keeps every host busy, and no row is read twice: each scan has its own cursor,
+        and a deferred origin's cursor starts only after the id scan's marks for it are committed."""
+        sched = self.scheduler
+        share = max(4 * self.settings.per_host_concurrency, sched.buffer // 8)
+        deferred: dict[str, _Deferred] = {}
         after_id = 0
+        scanned_all = False
         while not self.stopping:
-            tasks = await self.store.next_candidates(after_id, self.page_size)
-            if tasks:
-                after_id = tasks[-1].candidate_id
-                for t in tasks:
-                    if not await self.scheduler.submit(t):
-                        return
-                continue
-            if upstream_done.is_set() and self.scheduler.held == 0:
-                await self.store.flush()
-                if not await self.store.next_candidates(after_id, 1):
-                    return
-                continue
+            sched.released.clear()
             self._committed.clear()
+            progressed = False
+            for origin, d in list(deferred.items()):
+                room = share - sched.held_by(d.host)
+                if d.done or room < share // 2 or self.store.commits < d.ready_at:
+                    continue
+                tasks = await self.store.next_candidates_of(origin, d.cursor, room)
+                if len(tasks) < room:
+                    d.done = True  # read to the end of its range (new rows reset the cursor)
+                if tasks:
+                    d.cursor = tasks[-1].key
+                    progressed = True
+                    for t in tasks:
+                        if not await self._take(t):
+                            return
+            if not scanned_all:
+                tasks = await self.store.next_candidates(after_id, self.page_size, mark=False)
+                if tasks:
+                    progressed = True
+                    after_id = tasks[-1].candidate_id
+                    for t in tasks:
+                        origin = _origin(t.key)
+                        d = deferred.get(origin) if origin else None
+                        if d is not None:  # its origin's cursor reads it
+                            if t.key <= d.cursor:  # behind the cursor (a late insert): step back,
+                                d.cursor = _just_below(t.key)  # once the marks behind it are in
+                                d.ready_at = self.store.commits + 2
+                            d.done = False
+                            continue
+                        host = host_key(t.url)
+                        if origin and sched.held_by(host) >= share:
+                            deferred[origin] = _Deferred(host, ready_at=self.store.commits + 2)
+                            continue
+                        if not await self._take(t):
+                            return
+                else:
+                    scanned_all = upstream_done.is_set()
+            if progressed:
+                continue
+            if scanned_all and sched.held == 0 and all(d.done for d in deferred.values()):
+                await self.store.flush()
+                if not await self.store.has_pending_candidates():
+                    return
+                # rows the scans passed (inserted behind a cursor): go round once more
+                after_id, scanned_all = 0, False
+                deferred.clear()
+                continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._committed.wait(), 0.5)
+                await asyncio.wait_for(self._wake(), 0.5)
+
+    async def _wake(self) -> None:
+        """A commit (new candidates, or marks the deferred cursors wait for) or room freed."""
+        waits = [asyncio.ensure_future(self._committed.wait()), asyncio.ensure_future(self.scheduler.released.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async def _take(self, task: DownloadTask) -> bool:
+        if not await self.scheduler.submit(task):
+            return False
+        self.store.take(task.candidate_id)
+        return True
 
     def stop(self) -> None:
         """Stop feeding new work; transfers in flight finish; queued and retry-waiting URLs are

@@ -53,14 +53,16 @@ def outcomes(out: Path) -> dict[str, tuple[str, str]]:
 
 
 def test_per_host_interval_and_cap_hold_at_90_percent_in_the_servers_log(tmp_path: Path) -> None:
-    interval = 0.2
+    # long enough that the server's own scheduling jitter on a loaded 2-core box (it stamps arrivals
+    # at its handler) stays well inside the 10 % margin
+    interval = 0.5
     with sandbox_in_thread(photos=IMAGES, hosts=4, latency_ms=(5, 30), fault_rate=0.0) as sb:
-        urls = list(sb.image_urls(60))
+        urls = list(sb.image_urls(40))
         r, _ = fetch(tmp_path, urls, f"concurrency = 32\nper_host_concurrency = 2\nper_host_interval = {interval}")
         assert r.returncode == 0, r.stderr[-2000:]
         log = sb.access_log
         for host in sb.host_addresses:
-            assert len(log.requests(host)) >= 15, host  # its photos and its robots.txt
+            assert len(log.requests(host)) >= 11, host  # its photos and its robots.txt
             assert log.max_concurrency(host) <= 2, host
             assert log.min_interval(host) >= 0.9 * interval, (host, log.min_interval(host))
 

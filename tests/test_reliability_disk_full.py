@@ -111,3 +111,36 @@ def test_a_full_disk_under_the_checkpoint_is_the_same_clear_stop(tmp_path: Path)
             assert con.execute("SELECT count(*) FROM candidates WHERE state != 'done'").fetchone()[0] == 0
             assert {s for (s,) in con.execute("SELECT sha256 FROM images")} == image_shas(out)
             con.close()
+
+
+async def test_a_commit_that_fails_keeps_its_batch_and_the_next_commits_it(tmp_path: Path) -> None:
+    """The writer's own promise: a failed commit (the checkpoint's filesystem full) raises one
+    clear DiskFullError and puts its batch back; once there is room, the next commit writes every
+    row, none lost, none twice."""
+    from carcrawl.errors import DiskFullError
+    from carcrawl.models import Labels
+    from carcrawl.store import Store
+
+    with small_tmpfs(tmp_path / "mnt", "256k") as mnt:
+        store = await Store.open(mnt / "c.sqlite", commit_rows=10**9)
+        written = failed_at = 0
+        while failed_at == 0:
+            for _ in range(500):
+                store.add_url_candidate(f"http://h{written % 7}.example/{written}-{'x' * 200}.jpg", f"k{written}",
+                                        Labels(category="c"))
+                written += 1
+            try:
+                await store.flush()
+            except DiskFullError as e:
+                assert "no space left" in str(e)
+                failed_at = written
+            assert written < 100_000, "the disk never filled"
+        assert store.buffered == 500  # the failed batch is back in the buffer, nothing dropped
+        store.add_url_candidate("http://late.example/1.jpg", "late", Labels(category="c"))  # written after it
+        grow(mnt, "64m")
+        assert await store.flush() == 501
+        await store.close()
+        con = sqlite3.connect(mnt / "c.sqlite")
+        assert con.execute("SELECT count(*), count(DISTINCT url_key) FROM candidates").fetchone() == (written + 1,) * 2
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        con.close()

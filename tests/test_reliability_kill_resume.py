@@ -78,6 +78,18 @@ def phase(out: Path) -> str:
         con.close()
 
 
+def runs_started(out: Path) -> int:
+    """How many runs the checkpoint has recorded (a run's row is written once it has recovered)."""
+    try:
+        con = sqlite3.connect(out / "checkpoint.sqlite")
+        try:
+            return int(con.execute("SELECT count(*) FROM runs").fetchone()[0])
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0
+
+
 def outcome(out: Path) -> dict[str, object]:
     con = sqlite3.connect(out / "checkpoint.sqlite")
     try:
@@ -105,10 +117,18 @@ def test_twenty_sigkills_and_resumes_end_where_an_uninterrupted_run_ends(tmp_pat
 
         killed = tmp_path / "killed"
         phases: Counter[str] = Counter()
-        for _ in range(KILLS):
+        for k in range(KILLS):
+            runs_before = runs_started(killed)
             proc = subprocess.Popen(crawl_cmd(config, killed, classify), env=env, cwd=tmp_path,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(rng.uniform(0.3, 1.8))
+            # every fifth kill lands in start-up; the others at a random moment after this run has
+            # recovered the checkpoint, so the kills reach search and download however loaded
+            # the machine is
+            started = time.monotonic()
+            while (k % 5 and runs_started(killed) == runs_before and proc.poll() is None
+                   and time.monotonic() - started < 30):
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 1.5) if k % 5 else rng.uniform(0.1, 1.0))
             seen = phase(killed)
             proc.send_signal(signal.SIGKILL)
             # a crawl may finish before its kill lands; either way it must not have crashed

@@ -79,6 +79,7 @@ class DownloadTask:
     url: str
     attempts: int
     label: str = ""  # the class a per-class quota counts (carcrawl.quota.class_of)
+    key: str = ""  # url_key: its origin prefix is what the fair feeder groups by
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,17 +390,18 @@ class Store:
              *_labels(labels), time.time(), "failed" if refused else "pending", refused),
         )
 
-    async def next_candidates(self, after_id: int, limit: int) -> list[DownloadTask]:
-        """The next pending candidate URLs (by id); marked ``in_flight`` with the next commit."""
+    async def next_candidates(self, after_id: int, limit: int, *, mark: bool = True) -> list[DownloadTask]:
+        """The next pending candidate URLs (by id); with ``mark`` all of them are marked
+        ``in_flight`` with the next commit (else the caller marks those it takes: :meth:`take`)."""
         async with self._lock:
             rows = list(await self._db.execute_fetchall(
-                "SELECT id, url, attempts, make, model, category FROM candidates WHERE state='pending' AND id>?"
-                " ORDER BY id LIMIT ?",
+                "SELECT id, url, attempts, make, model, category, url_key FROM candidates"
+                " WHERE state='pending' AND id>? ORDER BY id LIMIT ?",
                 (after_id, limit),
             ))
-        if rows:
+        if rows and mark:
             self._write(_SQL_CANDIDATES_IN_FLIGHT, (after_id, rows[-1][0]))
-        return [DownloadTask(r[0], r[1], r[2], class_of(r[3], r[4], r[5])) for r in rows]
+        return [_download_task(r) for r in rows]
 
     async def stored_per_class(self) -> tuple[int, dict[str, int]]:
         """Distinct stored images, in all and per class (of the candidate that first stored
@@ -414,6 +416,28 @@ class Store:
             key = class_of(make, model, category)
             counts[key] = counts.get(key, 0) + n
         return sum(counts.values()), counts
+
+    async def next_candidates_of(self, origin: str, after_key: str, limit: int) -> list[DownloadTask]:
+        """Pending candidates of one origin (``scheme://host[:port]/``), by url_key after
+        ``after_key``: a range of the url_key index, so a host's backlog is read without
+        rescanning the others' (the fair feeder's per-host cursor). Not marked: see :meth:`take`."""
+        upper = origin[:-1] + chr(ord(origin[-1]) + 1)  # every key that starts with ``origin`` is below
+        async with self._lock:
+            rows = await self._db.execute_fetchall(
+                "SELECT id, url, attempts, make, model, category, url_key FROM candidates"
+                " WHERE url_key >= ? AND url_key > ? AND url_key < ? AND state='pending' ORDER BY url_key LIMIT ?",
+                (origin, after_key, upper, limit),
+            )
+        return [_download_task(r) for r in rows]
+
+    def take(self, candidate_id: int) -> None:
+        """Mark one candidate ``in_flight`` with the next commit (it was handed to the scheduler)."""
+        self._write(_SQL_CANDIDATE_IN_FLIGHT, (candidate_id,))
+
+    async def has_pending_candidates(self) -> bool:
+        async with self._lock:
+            rows = await self._db.execute_fetchall("SELECT 1 FROM candidates WHERE state='pending' LIMIT 1")
+        return bool(list(rows))
 
     def record_fetched(
         self, candidate_id: int, *, sha256: str, final_url: str, attempts: int, image: StoredImage, size: int
@@ -487,6 +511,11 @@ class Store:
                 yield row
 
 
+def _download_task(r: Any) -> DownloadTask:
+    """A DownloadTask from (id, url, attempts, make, model, category, url_key)."""
+    return DownloadTask(r[0], r[1], r[2], class_of(r[3], r[4], r[5]), r[6])
+
+
 def _labels(labels: Labels) -> tuple[str, str, str, str, str]:
     return (labels.make, labels.model, labels.color, labels.body_type, labels.category)
 
@@ -503,6 +532,7 @@ _SQL_INSERT_CANDIDATE = (
     " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 _SQL_CANDIDATES_IN_FLIGHT = "UPDATE candidates SET state='in_flight' WHERE state='pending' AND id>? AND id<=?"
+_SQL_CANDIDATE_IN_FLIGHT = "UPDATE candidates SET state='in_flight' WHERE id=? AND state='pending'"
 _SQL_INSERT_IMAGE = (
     "INSERT OR IGNORE INTO images(sha256, path, format, bytes, candidate_id, created_at) VALUES (?,?,?,?,?,?)"
 )
@@ -532,6 +562,7 @@ _APPLY_ORDER = (
     _SQL_INSERT_CANDIDATE,
     _SQL_SEARCH_IN_FLIGHT,
     _SQL_CANDIDATES_IN_FLIGHT,
+    _SQL_CANDIDATE_IN_FLIGHT,
     _SQL_UPDATE_SEARCH,
     _SQL_INSERT_IMAGE,
     _SQL_CANDIDATE_DONE,
