@@ -252,3 +252,19 @@ def test_crawl_searches_once_in_the_driver_and_ends_like_one_process(tmp_path: P
     assert runs["sharded"]["stats"]["counts"]["search_requests"] == runs["one"]["stats"]["counts"]["search_requests"]
     assert _candidates(tmp_path / "sharded") == _candidates(tmp_path / "one")
     assert _one_dataset(tmp_path / "sharded") == image_shas(tmp_path / "one")
+
+
+def test_a_ray_address_nobody_answers_is_one_clear_error(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    urls = tmp_path / "urls.txt"
+    urls.write_text("http://127.0.0.1:9/a.jpg\n")
+    r = subprocess.run([*carcrawl_cmd(), "fetch", str(urls), "--out", str(tmp_path / "out"), "--ray",
+                        f"127.0.0.1:{port}", "--no-classify", "--quiet"], capture_output=True, text=True, env=ENV,
+                       timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [f"carcrawl: error: --ray 127.0.0.1:{port}: no Ray cluster answers there"
+                                             " (Connection refused)"]
