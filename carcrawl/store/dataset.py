@@ -214,43 +214,41 @@ class DatasetDB:
 
     # -- perceptual hashes and near-duplicates ------------------------------------------------
 
-    _MEMBER = (
-        "(i.state = 'done' OR i.reason LIKE 'near_duplicate_of:%' OR r.mark = 'right')"
-        " AND coalesce(r.mark, '') != 'wrong'"
-    )
+    # a member: kept (or unclassified), currently marked a near duplicate, or marked right by the
+    # reviewer, and not marked wrong (written out in each query: SQL here is never formatted)
 
     def dedup_member_shas(self) -> set[str]:
-        """Images that can be in the dataset: kept (or unclassified), currently marked a near
-        duplicate, or marked right by the reviewer."""
+        """Images that can be in the dataset (see above)."""
         return {r[0] for r in self.con.execute(
-            f"SELECT i.sha256 FROM images i LEFT JOIN reviews r ON r.sha256 = i.sha256 WHERE {self._MEMBER}")}
+            "SELECT i.sha256 FROM images i LEFT JOIN reviews r ON r.sha256 = i.sha256"
+            " WHERE (i.state = 'done' OR i.reason LIKE 'near_duplicate_of:%' OR r.mark = 'right')"
+            " AND coalesce(r.mark, '') != 'wrong'")}
 
     def unhashed_members(self) -> list[tuple[str, str]]:
         """(sha256, path) of members without a hash row: the only images a pass decodes."""
         return self.con.execute(
             "SELECT i.sha256, i.path FROM images i LEFT JOIN reviews r ON r.sha256 = i.sha256"
-            f" WHERE {self._MEMBER} AND NOT EXISTS (SELECT 1 FROM image_hashes h WHERE h.sha256 = i.sha256)"
-            " ORDER BY i.sha256"
+            " WHERE (i.state = 'done' OR i.reason LIKE 'near_duplicate_of:%' OR r.mark = 'right')"
+            " AND coalesce(r.mark, '') != 'wrong'"
+            " AND NOT EXISTS (SELECT 1 FROM image_hashes h WHERE h.sha256 = i.sha256) ORDER BY i.sha256"
         ).fetchall()
 
-    def dedup_members(self, shas: Iterable[str] | None = None) -> list[DedupMember]:
-        """What ranks the best member of a cluster, for ``shas`` (default: every member)."""
-        sql = (
-            "SELECT i.sha256, i.path, i.bytes, coalesce(i.width, h.width), coalesce(i.height, h.height),"
-            " group_concat(DISTINCT c.source), max(c.license IS NOT NULL AND c.license != '')"
-            " FROM images i LEFT JOIN image_hashes h ON h.sha256 = i.sha256"
-            " LEFT JOIN candidates c ON c.sha256 = i.sha256 AND c.state = 'done'"
-            " LEFT JOIN reviews r ON r.sha256 = i.sha256"
-            f" WHERE {self._MEMBER} {{extra}} GROUP BY i.sha256 ORDER BY i.sha256"
-        )
-        if shas is None:
-            rows = self.con.execute(sql.format(extra="")).fetchall()
-        else:
-            wanted = sorted(set(shas))
-            rows = []
-            for i in range(0, len(wanted), 500):
-                chunk = wanted[i:i + 500]
-                rows += self.con.execute(sql.format(extra=f"AND i.sha256 IN ({','.join('?' * len(chunk))})"), chunk).fetchall()
+    def dedup_members(self, shas: Iterable[str]) -> list[DedupMember]:
+        """What ranks the best member of a cluster, for the members among ``shas``."""
+        wanted = sorted(set(shas))
+        rows = []
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows += self.con.execute(
+                "SELECT i.sha256, i.path, i.bytes, coalesce(i.width, h.width), coalesce(i.height, h.height),"
+                " group_concat(DISTINCT c.source), max(c.license IS NOT NULL AND c.license != '')"
+                " FROM images i LEFT JOIN image_hashes h ON h.sha256 = i.sha256"
+                " LEFT JOIN candidates c ON c.sha256 = i.sha256 AND c.state = 'done'"
+                " LEFT JOIN reviews r ON r.sha256 = i.sha256"
+                " WHERE (i.state = 'done' OR i.reason LIKE 'near_duplicate_of:%' OR r.mark = 'right')"
+                f" AND coalesce(r.mark, '') != 'wrong' AND i.sha256 IN ({marks}) GROUP BY i.sha256", chunk
+            ).fetchall()
         return [
             DedupMember(r[0], r[1], r[2], r[3], r[4], tuple(sorted((r[5] or "").split(","))) if r[5] else (), bool(r[6]))
             for r in rows
