@@ -26,6 +26,7 @@ class HostLimiter:
         self.interval = interval
         self._active: dict[str, int] = {}
         self._next: dict[str, float] = {}
+        self._sent: dict[str, float] = {}  # when the last request to the host actually started
         self._strikes: dict[str, int] = {}  # consecutive overload answers, for backoff without Retry-After
         self._given_up: dict[str, str] = {}  # hosts abandoned for this run, and why
         self._waiters: dict[str, collections.deque[asyncio.Future[None]]] = {}
@@ -68,6 +69,18 @@ class HostLimiter:
         while (wait := self._next.get(host, 0.0) - time.monotonic()) > 0:
             await asyncio.sleep(wait)
         self._next[host] = time.monotonic() + self.interval
+        await self.sending(host)
+
+    async def sending(self, host: str) -> None:
+        """Called just before a request to ``host`` goes out: waits until ``interval`` after the
+        previous one went out. Leases are granted ``interval`` apart, but a lease granted before a
+        stall (a loaded machine deschedules the process, a slow connect) can go out late, right
+        beside the next one; the server must see the gap between sends, not between grants."""
+        if self.interval <= 0:
+            return
+        while (wait := self._sent.get(host, -math.inf) + self.interval - time.monotonic()) > 0:
+            await asyncio.sleep(wait)
+        self._sent[host] = time.monotonic()
 
     def started(self, host: str) -> None:
         """A request to ``host`` starts now: the next may start ``interval`` from now at the
@@ -84,10 +97,14 @@ class HostLimiter:
             self._active.pop(host, None)
             if self._next.get(host, 0.0) <= time.monotonic():
                 self._next.pop(host, None)
-        if len(self._next) > 4 * max(len(self._active), 1024):
+            if self._sent.get(host, -math.inf) + self.interval <= time.monotonic():
+                self._sent.pop(host, None)
+        if len(self._next) > 4 * max(len(self._active), 1024) or len(self._sent) > 4 * max(len(self._active), 1024):
             now = time.monotonic()
             for h in [h for h, t in self._next.items() if t <= now and h not in self._active]:
                 del self._next[h]
+            for h in [h for h, t in self._sent.items() if t + self.interval <= now and h not in self._active]:
+                del self._sent[h]
         q = self._waiters.get(host)
         while q:
             fut = q.popleft()
@@ -143,6 +160,7 @@ class Lease:
             # the interval runs from the request's start, not from the lease: between the two
             # this download may have waited (for robots.txt another download was fetching)
             self.fresh = False
+            await self.limiter.sending(self.host)
             self.limiter.started(self.host)
         else:
             await self.limiter.pace(self.host)
