@@ -51,6 +51,10 @@ class HostLimiter:
                 self._waiters.setdefault(host, collections.deque()).append(fut)
                 try:
                     await fut
+                except asyncio.CancelledError:
+                    if fut.done() and not fut.cancelled():
+                        self._wake_one(host)  # the release meant for this waiter goes to the next
+                    raise
                 finally:
                     q = self._waiters.get(host)
                     if q is not None:
@@ -88,6 +92,9 @@ class HostLimiter:
             now = time.monotonic()
             for h in [h for h, t in self._next.items() if t <= now and h not in self._active]:
                 del self._next[h]
+        self._wake_one(host)
+
+    def _wake_one(self, host: str) -> None:
         q = self._waiters.get(host)
         while q:
             fut = q.popleft()
