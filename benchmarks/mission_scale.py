@@ -116,15 +116,20 @@ class Stages:
         self.work = work
         self.rows: dict[str, dict[str, Any]] = {}
 
-    def run(self, name: str, cmd: list[str], images: int, *, disk: Path | None = None, timeout: float = 3600) -> Any:
+    def run(self, name: str, cmd: list[str], images: int, *, disk: Path | None = None, timeout: float = 3600,
+            may_time_out: bool = False) -> Any:
         m = run_measured(cmd, env=_env(), timeout=timeout, log_dir=self.work / "logs")
-        if m.rc != 0:
+        timed_out = may_time_out and m.wall_s >= timeout
+        if m.rc != 0 and not timed_out:
             raise SystemExit(f"{name}: exit {m.rc}\n{m.stderr[-3000:]}")
         self.rows[name] = {"wall_s": round(m.wall_s, 3), "cpu_s": round(m.cpu_s, 3),
                            "peak_rss_mb": round(m.peak_rss_mb, 1), "images": images,
                            "us_per_image": round(m.wall_s / max(1, images) * 1e6, 1),
                            "disk_mb": round(_du(disk) / 2**20, 1) if disk is not None else None}
-        print(f"  {name:<22} {m.wall_s:8.2f} s wall {m.cpu_s:8.2f} s CPU {m.peak_rss_mb:7.1f} MB", flush=True)
+        if timed_out:
+            self.rows[name]["timed_out"] = True
+        print(f"  {name:<22} {m.wall_s:8.2f} s wall {m.cpu_s:8.2f} s CPU {m.peak_rss_mb:7.1f} MB"
+              + (" (stopped: time limit)" if timed_out else ""), flush=True)
         return m
 
 
@@ -160,7 +165,7 @@ def _cluster_quality(manifest: Path) -> dict[str, Any]:
             "recall": round(len(t & f) / len(t), 4) if t else None}
 
 
-def run(size: int, work: Path, keep: bool) -> dict[str, Any]:
+def run(size: int, work: Path, keep: bool, dedup_timeout: float = 3600) -> dict[str, Any]:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     out = work / "out"
@@ -193,7 +198,7 @@ def run(size: int, work: Path, keep: bool) -> dict[str, Any]:
         n90 = stored()
         st.rows["crawl (90 %)"]["images"] = n90
         dedup = _py("import sys; from carcrawl.export.dedup import find_near_duplicates; print(find_near_duplicates(sys.argv[1]))")
-        st.run("near-duplicates", [*dedup, str(out)], n90)
+        st.run("near-duplicates", [*dedup, str(out)], n90, timeout=dedup_timeout, may_time_out=True)
         _get(wi["control"] + "/reset")
         t0 = time.time()
         st.run("resume (+10 %)", [*crawl, "--max-queries", str(queries)], queries * IMAGES_PER_QUERY - n90, disk=out)
@@ -202,7 +207,7 @@ def run(size: int, work: Path, keep: bool) -> dict[str, Any]:
         st.rows["resume (+10 %)"]["images"] = n - n90
         st.rows["resume (+10 %)"]["first_new_download_s"] = round(first_new - t0, 3) if first_new else None
         st.rows["crawl (90 %)"]["us_per_image"] = round(st.rows["crawl (90 %)"]["wall_s"] / max(1, n90) * 1e6, 1)
-        st.run("near-duplicates +10 %", [*dedup, str(out)], n)
+        st.run("near-duplicates +10 %", [*dedup, str(out)], n, timeout=dedup_timeout / 3, may_time_out=True)
         st.run("splits", [*_py("import sys; from carcrawl.export import plan_dataset; plan_dataset(sys.argv[1])"),
                           str(out)], n)
         for fmt in FORMATS:
@@ -246,6 +251,9 @@ def targets(r: dict[str, Any], smallest: dict[str, Any] | None) -> list[tuple[st
     out: list[tuple[str, str, bool | None]] = []
 
     def at_mission(stage: str, limit: float, label: str) -> None:
+        if s[stage].get("timed_out"):
+            out.append((label, f"did not finish in {s[stage]['wall_s']:.0f} s at {s[stage]['images']:,} images", False))
+            return
         v, how = extrapolate(r, smallest, stage)
         out.append((label, f"{v:.1f} s at 850k ({how}; measured {s[stage]['wall_s']:.2f} s)", v <= limit))
 
@@ -336,20 +344,31 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the crawl and exports")
     ap.add_argument("--no-lock", action="store_true", help="do not take the bench lock (untimed smoke runs)")
     ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--dedup-timeout", type=float, default=3600,
+                    help="stop the first near-duplicate pass after this many seconds (the +10 %% pass: a third)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: print the table and verdicts of the stored run of --size (after other sizes ran)")
     args = ap.parse_args()
-    lock = None
-    if not args.no_lock:
-        lock = open(LOCK, "w")  # noqa: SIM115 - held until the process ends
-        fcntl.flock(lock, fcntl.LOCK_EX)
-    r = run(args.size, args.work / str(args.size), args.keep)
     runs: dict[str, Any] = {}
     if args.results.exists():
         runs = json.loads(args.results.read_text()).get("runs", {})
-    runs[str(args.size)] = r
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.results.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"benchmark": "mission_scale", "runs": runs}, indent=1) + "\n")
-    tmp.replace(args.results)
+    if args.report_only:
+        if str(args.size) not in runs:
+            raise SystemExit(f"{args.results}: no run of size {args.size}")
+        r = runs[str(args.size)]
+    else:
+        lock = None
+        if not args.no_lock:
+            lock = open(LOCK, "w")  # noqa: SIM115 - held until the process ends
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        r = run(args.size, args.work / str(args.size), args.keep, args.dedup_timeout)
+        if args.results.exists():
+            runs = json.loads(args.results.read_text()).get("runs", {})
+        runs[str(args.size)] = r
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.results.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"benchmark": "mission_scale", "runs": runs}, indent=1) + "\n")
+        tmp.replace(args.results)
     others = [v for k, v in runs.items() if int(k) < args.size]
     smallest = min(others, key=lambda v: v["images"]) if others else None
     print()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import shutil
 import sys
 from pathlib import Path
 
@@ -31,7 +32,17 @@ from _common import (  # noqa: E402
     write_urls,
 )
 
-PY_SPY = WORK / "tools-venv" / "bin" / "py-spy"
+
+def _py_spy() -> Path:
+    """py-spy from the tools venv, else beside this interpreter, else on PATH."""
+    for p in (WORK / "tools-venv" / "bin" / "py-spy", Path(sys.executable).parent / "py-spy"):
+        if p.exists():
+            return p
+    found = shutil.which("py-spy")
+    return Path(found) if found else WORK / "tools-venv" / "bin" / "py-spy"
+
+
+PY_SPY = _py_spy()
 
 
 def fold(raw: Path) -> tuple[int, collections.Counter[str], collections.Counter[str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -87,7 +88,7 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress displ
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the final summary as one JSON object.")]
 FreshOpt = Annotated[bool, typer.Option("--fresh", help="Start over: delete the checkpoint first.")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="Classifier device: auto, cpu or cuda.")]
-ClassifyOpt = Annotated[bool, typer.Option("--classify/--no-classify", help="Run the classifier on what downloads.")]
+ClassifyOpt = Annotated[bool | None, typer.Option("--classify/--no-classify", help="Run the classifier on what downloads (default: classify.enabled, true).")]
 DEFAULT_DIR = Path("out")
 WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Split the crawl by host into N shards run by N local Ray workers (needs carcrawl[ray]).")]
 RayOpt = Annotated[str | None, typer.Option("--ray", help="Run the shards on an existing Ray cluster at this address (needs carcrawl[ray]).")]
@@ -286,7 +287,7 @@ def crawl(
     body_types: Annotated[bool, typer.Option("--body-types/--no-body-types", help="Also count hits per body type.")] = False,
     sandbox: Annotated[str | None, typer.Option("--sandbox", metavar="URL", help="Crawl a running `carcrawl sandbox` at this address instead of the real engines.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the planned queries and their count; search nothing.")] = False,
-    classify: ClassifyOpt = True,
+    classify: ClassifyOpt = None,
     device: DeviceOpt = None,
     fresh: FreshOpt = False,
     quiet: QuietOpt = False,
@@ -306,7 +307,7 @@ def crawl(
             "crawl.sources": [s.strip() for s in sources.split(",") if s.strip()] if sources is not None else None,
             "crawl.per_query": per_query, "crawl.max_queries": max_queries,
             "crawl.max_images": max_images, "crawl.per_class": per_class,
-            "classify.enabled": None if classify else False, "classify.device": device,
+            "classify.enabled": classify, "classify.device": device,
         }
         settings = _point_at_sandbox(config, overrides, sandbox) if sandbox else _settings(config, overrides)
         job = _catalog_job(settings, body_types=body_types)
@@ -328,7 +329,7 @@ def fetch(
     categories: Annotated[Path | None, typer.Option(help="Categories table code,name,to_download,how_many selecting from URLS.")] = None,
     skip_bad_lines: Annotated[bool, typer.Option("--skip-bad-lines", help="Skip rows without a usable URL (and say how many) instead of stopping.")] = False,
     max_images: Annotated[int | None, typer.Option(help="Stop once this many images are stored (0 = no cap).")] = None,
-    classify: ClassifyOpt = True,
+    classify: ClassifyOpt = None,
     device: DeviceOpt = None,
     fresh: FreshOpt = False,
     quiet: QuietOpt = False,
@@ -343,7 +344,7 @@ def fetch(
     try:
         settings = _settings(config, {
             "crawl.out": str(out) if out else None, "crawl.sources": ["urls"], "crawl.max_images": max_images,
-            "classify.enabled": None if classify else False, "classify.device": device,
+            "classify.enabled": classify, "classify.device": device,
         })
         from carcrawl import urllists
 
@@ -402,6 +403,16 @@ def demo(
                  run_pipeline=_run_pipeline)
     except CarcrawlError as e:
         _fail(e)
+
+
+@contextlib.contextmanager
+def _reader_may_leave() -> Any:
+    """``carcrawl status DIR | head``: when the reader has what it wanted, stop quietly (exit 0)."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _checkpoint_of(target: Path) -> Path:
@@ -468,10 +479,11 @@ def why(
         con.close()
     if story is None:
         _fail(CarcrawlError(f"{path}: no candidate with URL {strip_credentials(url)[0]!r}"))
-    if as_json:
-        typer.echo(json.dumps(story))
-        return
-    print_story(story)
+    with _reader_may_leave():
+        if as_json:
+            typer.echo(json.dumps(story))
+            return
+        print_story(story)
 
 
 @_command()

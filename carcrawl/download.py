@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 from collections import deque
@@ -489,7 +490,7 @@ class DownloadStage:
             # is only the backoff; it waits in the scheduler, holding its room
             delay = backoff_delay(attempts - 1, s.backoff_base, s.backoff_max, failure.retry_after)
             self.stats.inc("retries")
-            return DownloadTask(task.candidate_id, task.url, attempts, task.label), delay
+            return dataclasses.replace(task, attempts=attempts), delay
         self._record_failure(task.candidate_id, failure.reason, attempts)
         return None
 

@@ -17,6 +17,7 @@ An interrupted run leaves unmerged shards; the same command runs what is unfinis
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -24,6 +25,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from carcrawl.config import Settings
@@ -82,6 +84,7 @@ def run_sharded(
     if workers is not None and workers < 1:
         raise ConfigError("--workers: must be 1 or more")
     ray = import_ray()
+    settings = _absolute(settings)
     main = settings.checkpoint_path
     if fresh:
         shutil.rmtree(shards_root(settings), ignore_errors=True)
@@ -95,10 +98,11 @@ def run_sharded(
     stop = stop_file(settings)
     stop.unlink(missing_ok=True)
     t_ray = time.monotonic()
-    _init_ray(ray, address, workers)
+    planned = planned_shards(main)
+    _init_ray(ray, address, workers or planned or 1)
     t_shards = time.monotonic()
     try:
-        n = planned_shards(main) or workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        n = planned or workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         in_flight_cap = min(workers or n, n)
         if workers is not None and n != workers:
             log.warning("this folder was split into %d shards by an earlier run; running at most %d at once", n, in_flight_cap)
@@ -131,13 +135,22 @@ def run_sharded(
     return RunResult(state, prep.run_id, stats["elapsed_s"], stats, status, classifier)  # type: ignore[arg-type]
 
 
+def _absolute(settings: Settings) -> Settings:
+    """Output paths made absolute: a worker on another node (or in another folder) must write
+    where the driver merges from."""
+    c = settings.crawl
+    crawl = dataclasses.replace(c, out=str(Path(c.out).resolve()),
+                                checkpoint=str(Path(c.checkpoint).resolve()) if c.checkpoint else "")
+    return dataclasses.replace(settings, crawl=crawl)
+
+
 def status_of(settings: Settings) -> dict[str, Any]:
     """The main checkpoint and any unmerged shards counted as one dataset."""
     main = settings.checkpoint_path
     return combined_status(main, shard_checkpoints(main))
 
 
-def _init_ray(ray: Any, address: str | None, workers: int | None) -> None:
+def _init_ray(ray: Any, address: str | None, cpus: int) -> None:
     quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
     if address:
         try:
@@ -145,7 +158,6 @@ def _init_ray(ray: Any, address: str | None, workers: int | None) -> None:
         except (ConnectionError, RuntimeError) as e:
             raise ConfigError(f"--ray {address}: cannot connect to the Ray cluster ({str(e).splitlines()[0]})") from None
         return
-    cpus = max(workers or 1, 1)
     # a local cluster sized to the shards asked for (not to the cores), a small object store
     # (only outcomes cross it), no dashboard
     ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=80 * 2**20, **quiet)
@@ -173,6 +185,8 @@ def _run_shards(
     def on_signal(signum: int, frame: Any) -> None:
         nonlocal presses
         presses += 1
+        if presses > 2:  # the shards did not stop on "now": leave them to Ray's shutdown
+            raise KeyboardInterrupt
         stop.parent.mkdir(parents=True, exist_ok=True)
         stop.write_text("drain" if presses == 1 else "now")
         if presses == 1:

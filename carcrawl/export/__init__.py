@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from carcrawl.errors import ConfigError
-from carcrawl.export.formats import WRITERS
+from carcrawl.export.formats import WRITERS, export_parquet
 from carcrawl.export.plan import build_plan
 from carcrawl.store.dataset import DatasetDB
 
@@ -91,9 +91,13 @@ def export(
     with DatasetDB.open(target_dir) as db:
         if refined and db.get_meta("refine.probe") is None:
             raise ConfigError("--refined: no probe yet; run `carcrawl refine` after `carcrawl review import`")
-        plan = build_plan(db, scheme=scheme, labels=labels, ratios=ratios, seed=seed, min_count=min_count,
-                          merge_map=merge_map, refined=refined)
-        details = WRITERS[fmt](plan, out)
+        options = {"scheme": scheme, "labels": labels, "ratios": ratios, "seed": seed, "min_count": min_count,
+                   "merge_map": merge_map, "refined": refined}
+        if fmt == "parquet":  # one read of the checkpoint: the plan's pass writes the rows
+            plan, details = export_parquet(db, out, **options)
+        else:
+            plan = build_plan(db, **options)
+            details = WRITERS[fmt](plan, out)
     per_class = plan.split_counts()
     splits = {s: sum(c[s] for c in per_class.values()) for s in ("train", "val", "test")}
     missing = {

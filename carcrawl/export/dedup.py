@@ -12,6 +12,14 @@ Where both images have a classifier embedding, cosine similarity refines the cal
 the hash threshold is vetoed below ``COS_VETO`` (two dark, nearly uniform pictures), and a pair up
 to ``HASH_LOOSE`` bits apart is accepted above ``COS_CONFIRM``.
 
+Candidate pairs come from an index over hash bands (``nearindex.py``), not from all pairs: every
+pair within ``HASH_NEAR`` bits is found, exactly as all pairs would find it (``pair_distances``
+stays as the O(n^2) reference the tests compare against); pairs between ``HASH_NEAR`` and
+``HASH_LOOSE`` bits are found when one of the six bands is close (on the shared photos and their
+copies: 180 of 181 such pairs). The pairs are kept in the checkpoint (``near_pairs``) and every
+image is marked once searched, so a later pass searches only the pairs of new images. The
+embedding check runs only on the pairs found.
+
 Pairs are joined into clusters (union-find); the best member (most pixels, then a licensed source,
 then the cleanest source, then the most bytes, then the smallest sha256) stays and the others are
 recorded as ``rejected:near_duplicate_of:<best sha256>``.
@@ -27,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from carcrawl.export.nearindex import near_pairs
 from carcrawl.phash import N_VARIANTS, image_hashes, to_blob
 from carcrawl.store.dataset import DatasetDB, DedupMember
 
@@ -51,14 +60,18 @@ class DedupResult:
     unreadable: int
     clusters: int
     duplicates: int
+    indexed: int = 0  # images whose pairs this pass searched (the new ones)
+    pairs: int = 0  # candidate pairs those searches found
 
     def __str__(self) -> str:
         return (f"near-duplicates: {self.duplicates} images in {self.clusters} clusters rejected as copies "
-                f"({self.images} images checked, {self.hashed} newly hashed, {self.unreadable} unreadable)")
+                f"({self.images} images checked, {self.hashed} newly hashed, {self.indexed} newly indexed, "
+                f"{self.unreadable} unreadable)")
 
 
 def pair_distances(hashes: np.ndarray) -> list[tuple[int, int, int]]:
-    """All pairs (i, j, bits) with i < j and distance <= HASH_LOOSE, for an (n, 12) uint64 array.
+    """All pairs (i, j, bits) with i < j and distance <= HASH_LOOSE, for an (n, 12) uint64 array:
+    the O(n^2) reference the band index is checked against (tests, benchmarks), never used by a pass.
     Distance = min over k of d(whole_i, view_k(j)) and d(view_k(i), whole_j), where d counts the
     differing bits of dHash + pHash. Blocked, so memory stays at BLOCK x n."""
     n = len(hashes)
@@ -100,23 +113,34 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def _embedding_matrix(db: DatasetDB, shas: list[str]) -> tuple[dict[str, int], np.ndarray | None]:
-    """Unit-normalised embeddings (float32) of the images that have one, for the most common model."""
-    rows = list(db.embeddings(shas))
-    if not rows:
-        return {}, None
-    models: dict[tuple[str, int], int] = {}
-    for _sha, emb, model in rows:
-        key = (model, len(emb))
-        models[key] = models.get(key, 0) + 1
-    model, size = max(models, key=lambda k: (models[k], k))
-    rows = [r for r in rows if r[2] == model and len(r[1]) == size and size >= 2]
-    if not rows:
-        return {}, None
-    mat = np.stack([np.frombuffer(r[1], dtype="<f2").astype(np.float32) for r in rows])
-    norms = np.linalg.norm(mat, axis=1, keepdims=True)
-    mat /= np.where(norms > 0, norms, 1)
-    return {r[0]: i for i, r in enumerate(rows)}, mat
+def _cosines(db: DatasetDB, pairs: list[tuple[str, str, int]]) -> list[float | None]:
+    """Cosine similarity of each pair's embeddings (None unless both have one of the most common
+    kind), loading only the embeddings of images in pairs, a block at a time."""
+    kind = db.embedding_model()
+    out: list[float | None] = [None] * len(pairs)
+    if kind is None or kind[1] < 4:
+        return out
+    model, size = kind
+    step = 20_000
+    for start in range(0, len(pairs), step):
+        block = pairs[start:start + step]
+        vectors: dict[str, np.ndarray] = {}
+        for sha, emb, m in db.embeddings(sorted({s for a, b, _d in block for s in (a, b)})):
+            if m == model and len(emb) == size:
+                v = np.frombuffer(emb, dtype="<f2").astype(np.float32)
+                norm = float(np.linalg.norm(v))
+                vectors[sha] = v / norm if norm > 0 else v
+        for k, (a, b, _d) in enumerate(block):
+            va, vb = vectors.get(a), vectors.get(b)
+            if va is not None and vb is not None:
+                out[start + k] = float(va @ vb)
+    return out
+
+
+def is_near(distance: int, cos: float | None) -> bool:
+    """The rule: close hashes unless the embeddings disagree, or looser hashes they confirm."""
+    return (distance <= HASH_NEAR and (cos is None or cos >= COS_VETO)) or (
+        cos is not None and cos >= COS_CONFIRM and distance <= HASH_LOOSE)
 
 
 def best_member_key(m: DedupMember) -> tuple[int, int, int, int, str]:
@@ -126,83 +150,91 @@ def best_member_key(m: DedupMember) -> tuple[int, int, int, int, str]:
     return (-pixels, 0 if m.licensed else 1, source, -m.bytes, m.sha256)
 
 
-def _hash_missing(db: DatasetDB, members: list[DedupMember]) -> tuple[int, int]:
-    known = db.hashes([m.sha256 for m in members])
-    todo = [m for m in members if m.sha256 not in known]
+def _hash_missing(db: DatasetDB) -> tuple[int, int]:
+    """Decode and hash the members that have no hashes yet (never classified): (hashed, unreadable)."""
+    todo = db.unhashed_members()
     if not todo:
         return 0, 0
     out_dir = db.out_dir
 
-    def one(m: DedupMember) -> tuple[str, bytes | None, int | None, int | None, str | None]:
+    def one(item: tuple[str, str]) -> tuple[str, bytes | None, int | None, int | None, str | None]:
+        sha, path = item
         try:
-            h, w, ht = image_hashes(out_dir / m.path)
-            return (m.sha256, to_blob(h), w, ht, None)
+            h, w, ht = image_hashes(out_dir / path)
+            return (sha, to_blob(h), w, ht, None)
         except Exception as e:  # noqa: BLE001 - a broken image is recorded, never a crash
-            return (m.sha256, None, None, None, f"{type(e).__name__}: {e}"[:200])
+            return (sha, None, None, None, f"{type(e).__name__}: {e}"[:200])
 
     rows = []
+    bad = 0
     with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
         for r in pool.map(one, todo):
             rows.append(r)
+            bad += r[1] is None
             if len(rows) >= 500:
                 db.save_hashes(rows)
                 rows = []
     if rows:
         db.save_hashes(rows)
-    bad = sum(1 for r in db.hashes([m.sha256 for m in todo]).values() if r.hashes is None)
     return len(todo), bad
 
 
-def clusters(members: list[DedupMember], hashes: np.ndarray, emb_index: dict[str, int],
-             emb: np.ndarray | None) -> list[tuple[str, str, str, int]]:
-    """(sha256, cluster id, best sha256, distance to best or 0) for members of multi-image clusters."""
-    uf = _UnionFind(len(members))
+def index_new_images(db: DatasetDB) -> tuple[int, int]:
+    """Search the pairs of every image not yet indexed (against all images with hashes) and record
+    them: (images searched, pairs found)."""
+    shas, blob, n_old = db.hash_matrix()
+    if n_old == len(shas):
+        return 0, 0
+    hashes = np.frombuffer(blob, dtype="<u8").reshape(len(shas), 2 * N_VARIANTS).astype(np.uint64)
+    found = near_pairs(hashes, HASH_NEAR, accept=HASH_LOOSE, new_from=n_old)
+    rows = [(shas[a], shas[b], d) if shas[a] < shas[b] else (shas[b], shas[a], d)
+            for a, b, d in zip(found.a.tolist(), found.b.tolist(), found.distance.tolist(), strict=True)]
+    db.add_near_pairs(rows, shas[n_old:])
+    return len(shas) - n_old, len(rows)
+
+
+def clusters(members: dict[str, DedupMember], pairs: list[tuple[str, str, int]],
+             cosines: list[float | None]) -> list[tuple[str, str, str, int]]:
+    """(sha256, cluster id, best sha256, distance to best or 0) for members of multi-image clusters,
+    from the candidate pairs (a, b, bits) and their embeddings' cosines."""
+    ids: dict[str, int] = {}
+    near: list[tuple[int, int, int]] = []
+    for (a, b, d), cos in zip(pairs, cosines, strict=True):
+        if is_near(d, cos):
+            near.append((ids.setdefault(a, len(ids)), ids.setdefault(b, len(ids)), d))
+    shas = list(ids)
+    uf = _UnionFind(len(shas))
     dist_to: dict[tuple[int, int], int] = {}
-    for i, j, d in pair_distances(hashes):
-        ei, ej = emb_index.get(members[i].sha256), emb_index.get(members[j].sha256)
-        cos = float(emb[ei] @ emb[ej]) if emb is not None and ei is not None and ej is not None else None
-        near = (d <= HASH_NEAR and (cos is None or cos >= COS_VETO)) or (cos is not None and cos >= COS_CONFIRM)
-        if near:
-            uf.union(i, j)
-            dist_to[(i, j)] = d
+    for i, j, d in near:
+        uf.union(i, j)
+        dist_to[(min(i, j), max(i, j))] = d
     groups: dict[int, list[int]] = {}
-    for i in range(len(members)):
+    for i in range(len(shas)):
         groups.setdefault(uf.find(i), []).append(i)
     out = []
     for idx in groups.values():
-        if len(idx) < 2:
-            continue
-        ranked = sorted(idx, key=lambda i: best_member_key(members[i]))
-        best = members[ranked[0]].sha256
+        ranked = sorted(idx, key=lambda i: best_member_key(members[shas[i]]))
+        best = shas[ranked[0]]
         for i in ranked:
             key = (min(i, ranked[0]), max(i, ranked[0]))
-            out.append((members[i].sha256, best, best, dist_to.get(key, 0) if i != ranked[0] else 0))
+            out.append((shas[i], best, best, dist_to.get(key, 0) if i != ranked[0] else 0))
     return out
 
 
 def find_near_duplicates(target: str | Path) -> DedupResult:
-    """Hash what is new, cluster everything, and record the clusters in the checkpoint (replacing
-    the previous pass, so running it again after more crawling is safe)."""
+    """Hash what was never hashed, search the pairs of what was never searched, cluster every
+    member, and record the clusters in the checkpoint (replacing the previous pass, so running it
+    again after more crawling is safe and costs only the new images)."""
     with DatasetDB.open(target) as db:
-        members = db.dedup_members()
-        hashed, unreadable = _hash_missing(db, members)
-        rows = db.hashes([m.sha256 for m in members])
-        usable = [m for m in members if rows.get(m.sha256) and rows[m.sha256].hashes]
-        # pixels for ranking: from the verdict when classified, from the hash pass otherwise
-        usable = [
-            m if m.width else DedupMember(m.sha256, m.path, m.bytes, rows[m.sha256].width, rows[m.sha256].height,
-                                          m.sources, m.licensed)
-            for m in usable
-        ]
-        if usable:
-            mat = np.stack([np.frombuffer(rows[m.sha256].hashes or b"", dtype="<u8") for m in usable]).astype(np.uint64)
-        else:
-            mat = np.zeros((0, 2 * N_VARIANTS), dtype=np.uint64)
-        emb_index, emb = _embedding_matrix(db, [m.sha256 for m in usable])
-        found = clusters(usable, mat, emb_index, emb)
+        hashed, unreadable = _hash_missing(db)
+        indexed, new_pairs = index_new_images(db)
+        member_shas = db.dedup_member_shas()
+        pairs = [p for p in db.near_pairs() if p[0] in member_shas and p[1] in member_shas]
+        members = {m.sha256: m for m in db.dedup_members({s for a, b, _d in pairs for s in (a, b)})}
+        pairs = [p for p in pairs if p[0] in members and p[1] in members]
+        found = clusters(members, pairs, _cosines(db, pairs))
         db.replace_near_duplicates(found)
     n_clusters = len({c for _s, c, _b, _d in found})
-    result = DedupResult(len(members), hashed, unreadable, n_clusters, len(found) - n_clusters)
+    result = DedupResult(len(member_shas), hashed, unreadable, n_clusters, len(found) - n_clusters, indexed, new_pairs)
     log.info("%s", result)
     return result
-

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from array import array
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,6 +184,10 @@ class DatasetPlan:
     def sha(self, i: int) -> str:
         return self._splitter.sha(i)
 
+    def dropped_reason(self, i: int) -> str:
+        """Why image ``i``, labelled in the first pass, is not exported (label selection, min_count)."""
+        return self._dropped.get(self._splitter.label(i), "changed_during_export")
+
     def entry(self, i: int, rec: ImageRecord) -> Entry:
         """The plan's decision about its image ``i`` (whose record is ``rec``)."""
         e = _decide(rec, self.scheme, self._merge, self._refined, self._vectors)
@@ -248,7 +252,11 @@ def build_plan(
     merge_map: Path | dict[str, str | None] | None = None,
     refined: bool = False,
     remember_splits: bool = True,
+    on_entry: Callable[[Entry], None] | None = None,
 ) -> DatasetPlan:
+    """Plan the dataset in one pass over the checkpoint. ``on_entry`` sees every image's entry as
+    that pass decides it (before label selection, ``min_count`` and splits, which need the whole
+    pass): the Parquet writer builds its rows there instead of reading the checkpoint twice."""
     if scheme not in SCHEMES:
         raise ConfigError(f"--scheme: expected one of {', '.join(SCHEMES)}, got {scheme!r}")
     try:
@@ -275,6 +283,8 @@ def build_plan(
             prev = next(previous, None)
         earlier = prev[1] if prev is not None and prev[0] == rec.sha256 else None
         e = _decide(rec, scheme, merge, refined, vectors)
+        if on_entry is not None:
+            on_entry(e)
         if e.excluded is not None or e.label is None:
             excluded[_reason_kind(e.excluded)] += 1
             splitter.add(rec.sha256, -1)

@@ -219,6 +219,7 @@ class HttpClient:
             own = lease is None
             if own:
                 await self.hosts.lease(host)
+                await self.hosts.sending(host)
             elif lease is not None and lease.host == host:
                 await lease.before_request()
             else:  # a redirect to another host under the caller's lease: paced there, not leased

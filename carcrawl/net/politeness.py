@@ -26,6 +26,8 @@ class HostLimiter:
         self.interval = interval
         self._active: dict[str, int] = {}
         self._next: dict[str, float] = {}
+        self._paused: dict[str, float] = {}  # overloaded hosts: no request starts before this
+        self._sent: dict[str, float] = {}  # when the last request to the host actually started
         self._strikes: dict[str, int] = {}  # consecutive overload answers, for backoff without Retry-After
         self._given_up: dict[str, str] = {}  # hosts abandoned for this run, and why
         self._waiters: dict[str, collections.deque[asyncio.Future[None]]] = {}
@@ -72,6 +74,24 @@ class HostLimiter:
         while (wait := self._next.get(host, 0.0) - time.monotonic()) > 0:
             await asyncio.sleep(wait)
         self._next[host] = time.monotonic() + self.interval
+        await self.sending(host)
+
+    async def sending(self, host: str) -> None:
+        """Called just before a request to ``host`` goes out: waits until ``interval`` after the
+        previous one went out. Leases are granted ``interval`` apart, but a lease granted before a
+        stall (a loaded machine deschedules the process, a slow connect) can go out late, right
+        beside the next one; the server must see the gap between sends, not between grants.
+        A pause (429/503) that began after this lease was granted holds it back too."""
+        if self._paused:
+            while (wait := self._paused.get(host, 0.0) - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
+            if self._paused.get(host, math.inf) <= time.monotonic():
+                self._paused.pop(host, None)
+        if self.interval <= 0:
+            return
+        while (wait := self._sent.get(host, -math.inf) + self.interval - time.monotonic()) > 0:
+            await asyncio.sleep(wait)
+        self._sent[host] = time.monotonic()
 
     def started(self, host: str) -> None:
         """A request to ``host`` starts now: the next may start ``interval`` from now at the
@@ -88,10 +108,14 @@ class HostLimiter:
             self._active.pop(host, None)
             if self._next.get(host, 0.0) <= time.monotonic():
                 self._next.pop(host, None)
-        if len(self._next) > 4 * max(len(self._active), 1024):
+            if self._sent.get(host, -math.inf) + self.interval <= time.monotonic():
+                self._sent.pop(host, None)
+        if len(self._next) > 4 * max(len(self._active), 1024) or len(self._sent) > 4 * max(len(self._active), 1024):
             now = time.monotonic()
             for h in [h for h, t in self._next.items() if t <= now and h not in self._active]:
                 del self._next[h]
+            for h in [h for h, t in self._sent.items() if t + self.interval <= now and h not in self._active]:
+                del self._sent[h]
         self._wake_one(host)
 
     def _wake_one(self, host: str) -> None:
@@ -109,6 +133,11 @@ class HostLimiter:
         until = time.monotonic() + seconds
         if until > self._next.get(host, 0.0):
             self._next[host] = until
+        if until > self._paused.get(host, 0.0):
+            self._paused[host] = until
+        if len(self._paused) > 10_000:  # bounded: forget pauses that are over
+            now = time.monotonic()
+            self._paused = {h: t for h, t in self._paused.items() if t > now}
 
     def overloaded(self, host: str, retry_after: float | None, base: float, cap: float) -> float:
         """The host answered 429/503: pause it (for ``Retry-After``, else an exponential backoff
@@ -150,6 +179,7 @@ class Lease:
             # the interval runs from the request's start, not from the lease: between the two
             # this download may have waited (for robots.txt another download was fetching)
             self.fresh = False
+            await self.limiter.sending(self.host)
             self.limiter.started(self.host)
         else:
             await self.limiter.pace(self.host)

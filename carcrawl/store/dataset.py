@@ -4,7 +4,11 @@ The crawl's tables (candidates, images, verdicts, ...) are only read here. The d
 its own tables beside them, created with ``CREATE TABLE IF NOT EXISTS`` whenever a dataset
 command opens the checkpoint, so an old checkpoint gains them on first use:
 
-- ``image_hashes``: perceptual hashes per image (computed once, reused by every export);
+- ``image_hashes``: perceptual hashes per image (written with the verdict by the crawl, or by the
+  first export for images never classified); ``indexed`` is set once a near-duplicate pass has
+  searched the image's pairs, so a later pass searches only the new ones;
+- ``near_pairs``: every pair of images whose hashes are within the loose radius (found by the
+  band index), kept so an incremental pass only adds the pairs of new images;
 - ``near_duplicates``: members of near-duplicate clusters (``best`` is the member kept);
 - ``reviews``: the reviewer's marks from the report page (they win over the model);
 - ``refined``: the probe's score for every image with an embedding (``carcrawl refine``);
@@ -29,7 +33,10 @@ from carcrawl.store import APPLICATION_ID, status_counts
 
 DATASET_SCHEMA = """
 CREATE TABLE IF NOT EXISTS image_hashes(
-  sha256 TEXT PRIMARY KEY, hashes BLOB, width INTEGER, height INTEGER, error TEXT);
+  sha256 TEXT PRIMARY KEY, hashes BLOB, width INTEGER, height INTEGER, error TEXT, indexed INTEGER);
+CREATE TABLE IF NOT EXISTS near_pairs(
+  a TEXT NOT NULL, b TEXT NOT NULL, distance INTEGER NOT NULL, PRIMARY KEY(a, b)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS near_pairs_b ON near_pairs(b);
 CREATE TABLE IF NOT EXISTS near_duplicates(
   sha256 TEXT PRIMARY KEY, cluster TEXT NOT NULL, best TEXT NOT NULL, distance INTEGER);
 CREATE TABLE IF NOT EXISTS reviews(
@@ -174,6 +181,9 @@ class DatasetDB:
         con.execute("PRAGMA busy_timeout=30000")
         try:
             con.executescript(DATASET_SCHEMA)
+            columns = {r[1] for r in con.execute("PRAGMA table_info(image_hashes)")}
+            if "indexed" not in columns:  # a checkpoint from before the band index
+                con.execute("ALTER TABLE image_hashes ADD COLUMN indexed INTEGER")
         except sqlite3.OperationalError as e:
             con.close()
             raise CheckpointError(f"{path}: cannot add the dataset tables ({e})") from None
@@ -204,23 +214,82 @@ class DatasetDB:
 
     # -- perceptual hashes and near-duplicates ------------------------------------------------
 
-    def dedup_members(self) -> list[DedupMember]:
-        """Images that can be in the dataset: kept (or unclassified), currently marked a near
-        duplicate, or marked right by the reviewer."""
-        rows = self.con.execute(
-            "SELECT i.sha256, i.path, i.bytes, coalesce(i.width, h.width), coalesce(i.height, h.height),"
-            " group_concat(DISTINCT c.source), max(c.license IS NOT NULL AND c.license != '')"
-            " FROM images i LEFT JOIN image_hashes h ON h.sha256 = i.sha256"
-            " LEFT JOIN candidates c ON c.sha256 = i.sha256 AND c.state = 'done'"
-            " LEFT JOIN reviews r ON r.sha256 = i.sha256"
+    # a member: kept (or unclassified), currently marked a near duplicate, or marked right by the
+    # reviewer, and not marked wrong (written out in each query: SQL here is never formatted)
+
+    def dedup_member_shas(self) -> set[str]:
+        """Images that can be in the dataset (see above)."""
+        return {r[0] for r in self.con.execute(
+            "SELECT i.sha256 FROM images i LEFT JOIN reviews r ON r.sha256 = i.sha256"
+            " WHERE (i.state = 'done' OR i.reason LIKE 'near_duplicate_of:%' OR r.mark = 'right')"
+            " AND coalesce(r.mark, '') != 'wrong'")}
+
+    def unhashed_members(self) -> list[tuple[str, str]]:
+        """(sha256, path) of members without a hash row: the only images a pass decodes."""
+        return self.con.execute(
+            "SELECT i.sha256, i.path FROM images i LEFT JOIN reviews r ON r.sha256 = i.sha256"
             " WHERE (i.state = 'done' OR i.reason LIKE 'near_duplicate_of:%' OR r.mark = 'right')"
             " AND coalesce(r.mark, '') != 'wrong'"
-            " GROUP BY i.sha256 ORDER BY i.sha256"
+            " AND NOT EXISTS (SELECT 1 FROM image_hashes h WHERE h.sha256 = i.sha256) ORDER BY i.sha256"
         ).fetchall()
+
+    def dedup_members(self, shas: Iterable[str]) -> list[DedupMember]:
+        """What ranks the best member of a cluster, for the members among ``shas``."""
+        wanted = sorted(set(shas))
+        rows = []
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows += self.con.execute(
+                "SELECT i.sha256, i.path, i.bytes, coalesce(i.width, h.width), coalesce(i.height, h.height),"
+                " group_concat(DISTINCT c.source), max(c.license IS NOT NULL AND c.license != '')"
+                " FROM images i LEFT JOIN image_hashes h ON h.sha256 = i.sha256"
+                " LEFT JOIN candidates c ON c.sha256 = i.sha256 AND c.state = 'done'"
+                " LEFT JOIN reviews r ON r.sha256 = i.sha256"
+                " WHERE (i.state = 'done' OR i.reason LIKE 'near_duplicate_of:%' OR r.mark = 'right')"
+                f" AND coalesce(r.mark, '') != 'wrong' AND i.sha256 IN ({marks}) GROUP BY i.sha256", chunk
+            ).fetchall()
         return [
             DedupMember(r[0], r[1], r[2], r[3], r[4], tuple(sorted((r[5] or "").split(","))) if r[5] else (), bool(r[6]))
             for r in rows
         ]
+
+    def hash_matrix(self) -> tuple[list[str], bytes, int]:
+        """(sha256s, their hashes joined (96 bytes each), how many of them come first because a pass
+        already searched their pairs): every image with hashes, the indexed ones first."""
+        shas: list[str] = []
+        blobs: list[bytes] = []
+        indexed = 0
+        for sha, blob, done in self.con.execute(
+            "SELECT sha256, hashes, indexed FROM image_hashes WHERE hashes IS NOT NULL"
+            " ORDER BY indexed IS NULL, sha256"
+        ):
+            shas.append(sha)
+            blobs.append(blob)
+            indexed += 1 if done else 0
+        return shas, b"".join(blobs), indexed
+
+    def add_near_pairs(self, pairs: Iterable[tuple[str, str, int]], searched: list[str]) -> None:
+        """Record the pairs a pass found for the images ``searched`` (their old pairs are replaced:
+        their hashes may have changed) and mark those images indexed, one transaction."""
+        self._tx([
+            ("DELETE FROM near_pairs WHERE a = ?", [(s,) for s in searched]),
+            ("DELETE FROM near_pairs WHERE b = ?", [(s,) for s in searched]),
+            ("INSERT OR REPLACE INTO near_pairs(a, b, distance) VALUES (?,?,?)", list(pairs)),
+            ("UPDATE image_hashes SET indexed = 1 WHERE sha256 = ?", [(s,) for s in searched]),
+        ])
+
+    def near_pairs(self) -> Iterator[tuple[str, str, int]]:
+        """Every recorded pair (a < b) and its distance in bits."""
+        yield from self.con.execute("SELECT a, b, distance FROM near_pairs")
+
+    def embedding_model(self) -> tuple[str, int] | None:
+        """(model, bytes) of the most common kind of embedding: only those are compared."""
+        row = self.con.execute(
+            "SELECT model, length(embedding) AS size, count(*) AS n FROM verdicts WHERE embedding IS NOT NULL"
+            " GROUP BY 1, 2 ORDER BY n DESC, model DESC, size DESC LIMIT 1"
+        ).fetchone()
+        return (row[0], row[1]) if row else None
 
     def hashes(self, shas: list[str]) -> dict[str, HashRow]:
         out: dict[str, HashRow] = {}
@@ -234,7 +303,7 @@ class DatasetDB:
         return out
 
     def save_hashes(self, rows: list[tuple[str, bytes | None, int | None, int | None, str | None]]) -> None:
-        """(sha256, hashes, width, height, error) rows, one transaction."""
+        """(sha256, hashes, width, height, error) rows, one transaction (not yet indexed)."""
         self._tx([("INSERT OR REPLACE INTO image_hashes(sha256, hashes, width, height, error) VALUES (?,?,?,?,?)", rows)])
 
     def embeddings(self, shas: Iterable[str] | None = None) -> Iterator[tuple[str, bytes, str]]:

@@ -39,19 +39,23 @@ CREATE TABLE IF NOT EXISTS candidates(
   sha256 TEXT, final_url TEXT, updated_at REAL);
 CREATE INDEX IF NOT EXISTS candidates_state ON candidates(state, id);
 CREATE INDEX IF NOT EXISTS candidates_sha ON candidates(sha256);
+CREATE INDEX IF NOT EXISTS candidates_state_reason ON candidates(state, reason);
 CREATE TABLE IF NOT EXISTS images(
   sha256 TEXT PRIMARY KEY, path TEXT NOT NULL, format TEXT NOT NULL, bytes INTEGER NOT NULL,
   width INTEGER, height INTEGER, candidate_id INTEGER NOT NULL,
   state TEXT NOT NULL DEFAULT 'pending', reason TEXT, created_at REAL);
 CREATE INDEX IF NOT EXISTS images_state ON images(state);
+CREATE INDEX IF NOT EXISTS images_state_reason ON images(state, reason, bytes);
 CREATE TABLE IF NOT EXISTS verdicts(
   sha256 TEXT PRIMARY KEY, keep INTEGER NOT NULL, reason TEXT NOT NULL, top5 TEXT NOT NULL,
   embedding BLOB, model TEXT NOT NULL, created_at REAL);
 CREATE TABLE IF NOT EXISTS image_hashes(
   sha256 TEXT PRIMARY KEY, hashes BLOB, width INTEGER, height INTEGER, error TEXT, indexed INTEGER);
+CREATE INDEX IF NOT EXISTS verdicts_keep ON verdicts(keep);
 CREATE TABLE IF NOT EXISTS progress(
   ts REAL NOT NULL, run_id INTEGER, searched INTEGER, fetched INTEGER, failed INTEGER,
   classified INTEGER, bytes INTEGER);
+CREATE INDEX IF NOT EXISTS progress_run ON progress(run_id, ts);
 """
 
 
