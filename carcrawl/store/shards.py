@@ -266,8 +266,9 @@ def combined_status(main: Path, shards: list[Path]) -> dict[str, Any]:
             for sub in ("by_state", "by_reason"):
                 _add(out[table][sub], part[table][sub])
         _add(out["reasons"], part["reasons"])
-        for key in ("kept", "rejected_by_classifier", "stored_bytes"):
-            out[key] += part[key]
+        for key in ("kept", "kept_duplicates", "rejected_by_classifier", "stored_bytes"):
+            if key in out and key in part:
+                out[key] += part[key]
         rate += part.get("rate_urls_per_s", 0.0)
     out["reasons"] = dict(sorted(out["reasons"].items(), key=lambda kv: -kv[1]))
     if shards:
