@@ -55,7 +55,8 @@ def main() -> int:
             out = work / f"out-{name}"
             cmd = [sys.executable, "-m", "carcrawl.cli", "fetch", str(listing), "--out", str(out), "--config",
                    str(config), "--no-classify", "--json", "--fresh"]
-            m = run_measured(cmd, env=env, timeout=900)
+            # cwd too: ``python -m`` puts the working directory before PYTHONPATH on sys.path
+            m = run_measured(cmd, env=env, cwd=args.code.resolve(), timeout=900)
             if m.rc != 0:
                 print(m.stderr[-3000:], file=sys.stderr)
                 return 1

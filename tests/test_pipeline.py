@@ -62,6 +62,19 @@ def _fetch_cmd(urls_file: Path, out: Path, config: Path) -> list[str]:
     return [*carcrawl_cmd(), "fetch", str(urls_file), "--out", str(out), "--config", str(config), "--no-classify", "--quiet"]
 
 
+def _committed_done(db: Path) -> bool:
+    if not db.exists():
+        return False
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        try:
+            return bool(con.execute("SELECT count(*) FROM candidates WHERE state='done'").fetchone()[0])
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return False
+
+
 def test_sigkill_and_resume_stores_the_same_images_and_refetches_nothing_done(tmp_path: Path) -> None:
     rng = random.Random(7)
     with sandbox_in_thread(photos=IMAGES, hosts=6, latency_ms=(20, 60), fault_rate=0.0) as sb:
@@ -82,7 +95,11 @@ def test_sigkill_and_resume_stores_the_same_images_and_refetches_nothing_done(tm
         kills = 0
         for _ in range(3):
             proc = subprocess.Popen(_fetch_cmd(urls_file, killed, config), env=env)
-            time.sleep(rng.uniform(1.0, 3.0))
+            # the kill lands mid-download however slow the start-up is on a loaded box
+            db = killed / "checkpoint.sqlite"
+            while proc.poll() is None and not _committed_done(db):
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 1.5))
             if proc.poll() is not None:
                 break
             proc.send_signal(signal.SIGKILL)

@@ -227,3 +227,48 @@ def test_the_host_lease_wakes_only_its_own_waiters() -> None:
         return woke["a"], woke["b"]
 
     assert asyncio.run(main()) == (1, 0)
+
+
+async def test_a_search_429_pauses_the_whole_engine(tmp_path: Path) -> None:
+    """An engine answering 429 with ``Retry-After: 1`` to its first request: none of its three
+    workers sends another request for that second (the engine's own log, in front of the
+    sandbox's Openverse). Requests already sent when the 429 left are allowed 50 ms to arrive."""
+    import aiohttp
+
+    from carcrawl.models import Query
+
+    arrivals: list[tuple[float, float, int]] = []  # (start, end, status)
+    with sandbox_in_thread(photos=IMAGES, hosts=2, latency_ms=(0, 0), fault_rate=0.0, results_per_query=20) as sb:
+        upstream = sb.engine_url("openverse")
+        async with aiohttp.ClientSession() as http:
+
+            def routes(app: web.Application) -> None:
+                async def engine(request: web.Request) -> web.StreamResponse:
+                    start = asyncio.get_running_loop().time()
+                    if not arrivals:
+                        arrivals.append((start, asyncio.get_running_loop().time(), 429))
+                        return web.Response(status=429, headers={"Retry-After": "1"}, text="slow down")
+                    async with http.get(upstream + request.path_qs) as r:
+                        body = await r.read()
+                    arrivals.append((start, asyncio.get_running_loop().time(), r.status))
+                    return web.Response(body=body, status=r.status, content_type="application/json")
+
+                app.router.add_get("/{tail:.*}", engine)
+
+            async with serve(routes) as base:
+                qs = [Query(f"{c} ford {m}", Labels("ford", m, c)) for m in ("mustang", "focus", "fiesta")
+                      for c in ("red", "blue", "green", "black", "white", "grey", "silver", "yellow")]
+                s = crawl_settings(tmp_path / "out", sb, **{
+                    "crawl.sources": ["openverse"], "crawl.per_query": 5, "engines.openverse.base_url": base,
+                    "engines.openverse.concurrency": 3, "engines.openverse.burst": 3,
+                    "engines.openverse.rate": 100.0, "download.per_host_interval": 0.0})
+                result = await Pipeline(s, Job(queries=lambda: iter(qs), fingerprint="24"), fresh=True).run()
+    assert result.state == "done"
+    (_, end, status), *rest = arrivals
+    assert status == 429
+    inside = [a for a in rest if end + 0.05 < a[0] < end + 1.0]
+    assert not inside, inside
+    assert [a for a in rest if a[0] >= end + 1.0], "the engine never went on"
+    con = sqlite3.connect(tmp_path / "out" / "checkpoint.sqlite")
+    assert dict(con.execute("SELECT state, count(*) FROM searches GROUP BY 1")) == {"done": 24}
+    con.close()

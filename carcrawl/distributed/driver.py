@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -84,6 +85,8 @@ def run_sharded(
     if workers is not None and workers < 1:
         raise ConfigError("--workers: must be 1 or more")
     ray = import_ray()
+    if address:
+        _reachable(address)  # before anything is loaded or searched
     settings = _absolute(settings)
     main = settings.checkpoint_path
     if fresh:
@@ -161,6 +164,18 @@ def _init_ray(ray: Any, address: str | None, cpus: int) -> None:
     # a local cluster sized to the shards asked for (not to the cores), a small object store
     # (only outcomes cross it), no dashboard
     ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=80 * 2**20, **quiet)
+
+
+def _reachable(address: str, timeout: float = 5.0) -> None:
+    """A ``host:port`` that does not answer is one clear error now, not Ray's minutes of
+    reconnect attempts (``auto`` and ``ray://`` addresses are left to Ray)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ConfigError(f"--ray {address}: no Ray cluster answers there ({e.strerror or e})") from None
 
 
 def _run_shards(

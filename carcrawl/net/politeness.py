@@ -26,6 +26,7 @@ class HostLimiter:
         self.interval = interval
         self._active: dict[str, int] = {}
         self._next: dict[str, float] = {}
+        self._paused: dict[str, float] = {}  # overloaded hosts: no request starts before this
         self._sent: dict[str, float] = {}  # when the last request to the host actually started
         self._strikes: dict[str, int] = {}  # consecutive overload answers, for backoff without Retry-After
         self._given_up: dict[str, str] = {}  # hosts abandoned for this run, and why
@@ -52,6 +53,10 @@ class HostLimiter:
                 self._waiters.setdefault(host, collections.deque()).append(fut)
                 try:
                     await fut
+                except asyncio.CancelledError:
+                    if fut.done() and not fut.cancelled():
+                        self._wake_one(host)  # the release meant for this waiter goes to the next
+                    raise
                 finally:
                     q = self._waiters.get(host)
                     if q is not None:
@@ -75,7 +80,13 @@ class HostLimiter:
         """Called just before a request to ``host`` goes out: waits until ``interval`` after the
         previous one went out. Leases are granted ``interval`` apart, but a lease granted before a
         stall (a loaded machine deschedules the process, a slow connect) can go out late, right
-        beside the next one; the server must see the gap between sends, not between grants."""
+        beside the next one; the server must see the gap between sends, not between grants.
+        A pause (429/503) that began after this lease was granted holds it back too."""
+        if self._paused:
+            while (wait := self._paused.get(host, 0.0) - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
+            if self._paused.get(host, math.inf) <= time.monotonic():
+                self._paused.pop(host, None)
         if self.interval <= 0:
             return
         while (wait := self._sent.get(host, -math.inf) + self.interval - time.monotonic()) > 0:
@@ -105,6 +116,9 @@ class HostLimiter:
                 del self._next[h]
             for h in [h for h, t in self._sent.items() if t + self.interval <= now and h not in self._active]:
                 del self._sent[h]
+        self._wake_one(host)
+
+    def _wake_one(self, host: str) -> None:
         q = self._waiters.get(host)
         while q:
             fut = q.popleft()
@@ -119,6 +133,11 @@ class HostLimiter:
         until = time.monotonic() + seconds
         if until > self._next.get(host, 0.0):
             self._next[host] = until
+        if until > self._paused.get(host, 0.0):
+            self._paused[host] = until
+        if len(self._paused) > 10_000:  # bounded: forget pauses that are over
+            now = time.monotonic()
+            self._paused = {h: t for h, t in self._paused.items() if t > now}
 
     def overloaded(self, host: str, retry_after: float | None, base: float, cap: float) -> float:
         """The host answered 429/503: pause it (for ``Retry-After``, else an exponential backoff

@@ -11,6 +11,7 @@ FROM`` by candidate id, ``INSERT OR IGNORE`` of its per-image tables). Until the
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -60,12 +61,30 @@ def _init_checkpoint(path: Path) -> None:
         con.close()
 
 
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def identifier(name: str) -> str:
+    """A table or column name read from a checkpoint's own schema, checked and quoted before it is
+    formatted into SQL (names cannot be bound as parameters)."""
+    if not _IDENTIFIER.fullmatch(name):
+        raise CheckpointError(f"unexpected name in a checkpoint's schema: {name!r}")
+    return f'"{name}"'
+
+
+def identifiers(names: list[str] | tuple[str, ...], of: str = "") -> str:
+    """Comma-separated, each checked and quoted by :func:`identifier`; ``of`` qualifies them with a
+    (checked) schema and table, e.g. ``"s.candidates"``."""
+    prefix = "".join(identifier(part) + "." for part in of.split(".")) if of else ""
+    return ", ".join(prefix + identifier(n) for n in names)
+
+
 def _columns(con: sqlite3.Connection, schema: str, table: str) -> list[str]:
-    return [r[1] for r in con.execute(f"PRAGMA {schema}.table_info({table})")]
+    return [r[0] for r in con.execute("SELECT name FROM pragma_table_info(?, ?)", (table, schema))]
 
 
 def _tables(con: sqlite3.Connection, schema: str) -> list[str]:
-    return [r[0] for r in con.execute(f"SELECT name FROM {schema}.sqlite_master WHERE type='table'")]
+    return [r[0] for r in con.execute("SELECT name FROM pragma_table_list WHERE schema=? AND type='table'", (schema,))]
 
 
 def planned_shards(main: Path) -> int:
@@ -103,11 +122,12 @@ def split_pending(main: Path, shard_paths: list[Path], shard_of: Callable[[str],
             con.execute("ATTACH DATABASE ? AS s", (str(p),))
             try:
                 theirs = set(_columns(con, "s", "candidates"))
-                names = ", ".join(c for c in _columns(con, "main", "candidates") if c in theirs)
+                names = [c for c in _columns(con, "main", "candidates") if c in theirs]
                 con.execute("BEGIN IMMEDIATE")
                 try:
                     cur = con.execute(
-                        f"INSERT OR IGNORE INTO s.candidates({names}) SELECT {names} FROM main.candidates"
+                        f"INSERT OR IGNORE INTO s.candidates({identifiers(names)}) SELECT {identifiers(names)}"
+                        " FROM main.candidates"
                         " WHERE id IN (SELECT id FROM split_rows WHERE shard=?)", (k,)
                     )
                     moved[k] = max(cur.rowcount, 0)
@@ -158,9 +178,9 @@ def merge_shard(main: Path, shard: Path, k: int) -> int:
         con.execute("ATTACH DATABASE ? AS s", (str(shard),))
         con.execute("BEGIN IMMEDIATE")
         try:
-            sets = ", ".join(f"{c}=s.candidates.{c}" for c in _CANDIDATE_RESULT)
             cur = con.execute(
-                f"UPDATE main.candidates SET {sets} FROM s.candidates"
+                f"UPDATE main.candidates SET ({identifiers(_CANDIDATE_RESULT)})"
+                f" = ({identifiers(_CANDIDATE_RESULT, of='s.candidates')}) FROM s.candidates"
                 " WHERE main.candidates.id = s.candidates.id AND main.candidates.state=? AND main.candidates.reason=?",
                 (SHARDED, f"shard:{shard_name(k)}"),
             )
@@ -174,8 +194,9 @@ def merge_shard(main: Path, shard: Path, k: int) -> int:
                 if table in _NOT_MERGED or table.startswith("sqlite_") or table not in main_tables:
                     continue
                 theirs = set(_columns(con, "s", table))
-                cols = ", ".join(c for c in _columns(con, "main", table) if c in theirs)
-                con.execute(f"INSERT OR IGNORE INTO main.{table}({cols}) SELECT {cols} FROM s.{table}")
+                cols = [c for c in _columns(con, "main", table) if c in theirs]
+                con.execute(f"INSERT OR IGNORE INTO main.{identifier(table)}({identifiers(cols)})"
+                            f" SELECT {identifiers(cols)} FROM s.{identifier(table)}")
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
@@ -245,8 +266,9 @@ def combined_status(main: Path, shards: list[Path]) -> dict[str, Any]:
             for sub in ("by_state", "by_reason"):
                 _add(out[table][sub], part[table][sub])
         _add(out["reasons"], part["reasons"])
-        for key in ("kept", "rejected_by_classifier", "stored_bytes"):
-            out[key] += part[key]
+        for key in ("kept", "kept_duplicates", "rejected_by_classifier", "stored_bytes"):
+            if key in out and key in part:
+                out[key] += part[key]
         rate += part.get("rate_urls_per_s", 0.0)
     out["reasons"] = dict(sorted(out["reasons"].items(), key=lambda kv: -kv[1]))
     if shards:
