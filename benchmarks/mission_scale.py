@@ -318,9 +318,10 @@ def plot(runs: dict[str, dict[str, Any]], path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(9, 5.5))
     xs = [runs[k]["images"] for k in sizes]
     for name in stages:
-        ys = [runs[k]["stages"].get(name, {}).get("wall_s") for k in sizes]
-        if None in ys:
-            continue
+        rows = [runs[k]["stages"].get(name, {}) for k in sizes]
+        ys = [row.get("wall_s") for row in rows]
+        if None in ys or any(row.get("timed_out") for row in rows):
+            continue  # a stage stopped at its time limit has no point to draw
         line = ax.plot(xs, ys, marker="o", label=name)[0]
         ext = extrapolate(runs[sizes[-1]], runs[sizes[0]] if len(sizes) > 1 else None, name)[0]
         ax.plot([xs[-1], MISSION], [ys[-1], ext], ls="--", color=line.get_color(), alpha=0.5)
@@ -329,7 +330,8 @@ def plot(runs: dict[str, dict[str, Any]], path: Path) -> Path | None:
     ax.set_xlabel("stored images")
     ax.set_ylabel("wall time, s")
     ax.axvline(MISSION, color="#999", lw=0.8)
-    ax.set_title("mission-scale rehearsal: wall time per stage (dashed: linear extrapolation to 850k)")
+    ax.set_title("mission-scale rehearsal: wall time per stage (dashed: the line through the points, to 850k)",
+                 fontsize=10)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
