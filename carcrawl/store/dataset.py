@@ -244,7 +244,8 @@ class DatasetDB:
                 "SELECT i.sha256, i.path, i.bytes, coalesce(i.width, h.width), coalesce(i.height, h.height),"
                 " group_concat(DISTINCT c.source), max(c.license IS NOT NULL AND c.license != '')"
                 " FROM images i LEFT JOIN image_hashes h ON h.sha256 = i.sha256"
-                " LEFT JOIN candidates c ON c.sha256 = i.sha256 AND c.state = 'done'"
+                # "+c.state": look candidates up by sha256, never scan them by state (O(n) per chunk)
+                " LEFT JOIN candidates c ON c.sha256 = i.sha256 AND +c.state = 'done'"
                 " LEFT JOIN reviews r ON r.sha256 = i.sha256"
                 " WHERE (i.state = 'done' OR i.reason LIKE 'near_duplicate_of:%' OR r.mark = 'right')"
                 f" AND coalesce(r.mark, '') != 'wrong' AND i.sha256 IN ({marks}) GROUP BY i.sha256", chunk

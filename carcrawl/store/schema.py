@@ -39,7 +39,6 @@ CREATE TABLE IF NOT EXISTS candidates(
   sha256 TEXT, final_url TEXT, updated_at REAL);
 CREATE INDEX IF NOT EXISTS candidates_state ON candidates(state, id);
 CREATE INDEX IF NOT EXISTS candidates_sha ON candidates(sha256);
-CREATE INDEX IF NOT EXISTS candidates_state_reason ON candidates(state, reason);
 CREATE TABLE IF NOT EXISTS images(
   sha256 TEXT PRIMARY KEY, path TEXT NOT NULL, format TEXT NOT NULL, bytes INTEGER NOT NULL,
   width INTEGER, height INTEGER, candidate_id INTEGER NOT NULL,
