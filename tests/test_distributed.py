@@ -111,6 +111,10 @@ def test_two_workers_store_every_image_once_and_hold_per_host_limits_together(tm
 
     table = pq.read_table(next((out / "export" / "parquet").rglob("*.parquet")))
     assert set(table.column("sha256").to_pylist()) == shas
+    report = subprocess.run([*carcrawl_cmd(), "report", str(out)], capture_output=True, text=True, env=ENV,
+                            timeout=120)
+    assert report.returncode == 0, report.stderr
+    assert (out / "report.html").stat().st_size > 0
 
 
 @pytest.fixture(scope="module")
