@@ -238,3 +238,10 @@ def find_near_duplicates(target: str | Path) -> DedupResult:
     result = DedupResult(len(member_shas), hashed, unreadable, n_clusters, len(found) - n_clusters, indexed, new_pairs)
     log.info("%s", result)
     return result
+
+
+def hash_never_classified(target: str | Path) -> tuple[int, int]:
+    """Only the hashing step of a pass (hashed, unreadable): the cost a crawl without the classifier
+    leaves to export, measured on its own by the mission-scale rehearsal."""
+    with DatasetDB.open(target) as db:
+        return _hash_missing(db)
