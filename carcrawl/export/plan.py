@@ -424,14 +424,21 @@ def build_plan(
         page = decider.page(rows, group_candidates(rows, cand_rows))
         if on_page is not None:
             on_page(page)
+        page_shas: list[str] = []
+        page_labels: list[int] = []
+        page_keys: list[list[str]] = []
+        page_prev: list[str | None] = []
         for r, cs, label, why, conflict in zip(rows, page.cands, page.labels, page.excluded, page.conflicts,
                                                strict=True):
             sha = r[R_SHA]
+            page_shas.append(sha)
             while prev is not None and prev[0] < sha:
                 prev = next(previous, None)
             if label is None:
                 excluded[_reason_kind(why)] += 1
-                splitter.add(sha, -1)
+                page_labels.append(-1)
+                page_keys.append([])
+                page_prev.append(None)
                 best = r[R_BEST]
                 flags.append((REJECTED_BY_MODEL if r[R_KEEP] is not None and not r[R_KEEP]
                               and not (best and best != sha) else 0)
@@ -448,7 +455,10 @@ def build_plan(
             keys = [f"page:{c[C_PAGE_URL]}" for c in cs if c[C_PAGE_URL]]
             if r[R_CLUSTER]:
                 keys.append(f"cluster:{r[R_CLUSTER]}")
-            splitter.add(sha, label_id, keys, prev[1] if prev is not None and prev[0] == sha else None)
+            page_labels.append(label_id)
+            page_keys.append(keys)
+            page_prev.append(prev[1] if prev is not None and prev[0] == sha else None)
+        splitter.add_page(page_shas, page_labels, page_keys, page_prev)
 
     dropped: dict[int, str] = {}
     if labels:
@@ -468,7 +478,8 @@ def build_plan(
 
     split = splitter.assign(shares, seed, names, dropped)
     if remember_splits:
-        db.save_splits(plan_key, ((splitter.sha(i), SPLITS[split[i]]) for i in range(len(splitter)) if split[i] >= 0))
+        # only what differs from the splits remembered before (INSERT OR REPLACE of the same row is a no-op)
+        db.save_splits(plan_key, ((splitter.sha(i), SPLITS[split[i]]) for i in splitter.changed(split).tolist()))
     plan = DatasetPlan(db, scheme, seed, shares, merge, refined, vectors, names, splitter, split, dropped,
                        excluded, conflicts)
     plan.flags = flags
