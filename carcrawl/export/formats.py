@@ -31,10 +31,42 @@ from typing import Any
 
 from carcrawl.errors import CarcrawlError
 from carcrawl.export.labels import folder_names, inside
-from carcrawl.export.plan import DatasetPlan, Entry, build_plan
+from carcrawl.export.plan import DatasetPlan, Entry, PlanPage, build_plan
 from carcrawl.export.splits import SPLITS, normalise_ratios
 from carcrawl.filestore import EXTENSIONS, relative_path
-from carcrawl.store.dataset import DatasetDB
+from carcrawl.store.dataset import (
+    C_ATTRIBUTION,
+    C_BODY_TYPE,
+    C_CATEGORY,
+    C_COLOR,
+    C_CREATOR,
+    C_LICENSE,
+    C_LICENSE_URL,
+    C_MAKE,
+    C_MODEL,
+    C_PAGE,
+    C_PAGE_URL,
+    C_QUERY,
+    C_RANK,
+    C_SOURCE,
+    C_TITLE,
+    C_URL,
+    R_BEST,
+    R_BYTES,
+    R_CLUSTER,
+    R_FORMAT,
+    R_HEIGHT,
+    R_KEEP,
+    R_MARK,
+    R_MODEL,
+    R_SCORE,
+    R_SHA,
+    R_TOP5,
+    R_VREASON,
+    R_WIDTH,
+    DatasetDB,
+    parse_top5,
+)
 
 MARKER = ".carcrawl-export.json"
 HF_SPLIT = {"train": "train", "val": "validation", "test": "test"}
@@ -305,31 +337,125 @@ def _schema(scheme: str, seed: int, ratios: tuple[float, ...]) -> Any:
                  "carcrawl.path": "image path relative to the folder holding this file"})
 
 
+_NO_CANDIDATE = (None,) * 18
+
+
+def _top5_columns(texts: tuple[str | None, ...]) -> tuple[Any, Any]:
+    """top_labels and top_scores of a page's verdict JSON: one ``json.loads`` for the page (the
+    texts joined into one array), each text parsed alone only when the page has unreadable ones
+    (they mean no prediction, as in :func:`carcrawl.store.dataset.parse_top5`)."""
+    import pyarrow as pa
+
+    try:
+        parsed = json.loads("[" + ",".join(t or "[]" for t in texts) + "]")
+        if len(parsed) != len(texts):
+            raise ValueError("a text held more than one value")
+        return (pa.array([[p[0] for p in t] for t in parsed], pa.list_(pa.string())),
+                pa.array([[p[1] for p in t] for t in parsed], pa.list_(pa.float32())))
+    except (ValueError, TypeError, IndexError, KeyError, pa.ArrowException):
+        top5 = [parse_top5(t) for t in texts]
+        return (pa.array([[p[0] for p in t] for t in top5], pa.list_(pa.string())),
+                pa.array([[p[1] for p in t] for t in top5], pa.list_(pa.float32())))
+
+
+def _page_table(page: PlanPage, schema: Any, scheme: str, prefix: str) -> Any:
+    """One page of the manifest as an Arrow table, built column by column from the checkpoint's
+    rows (the split columns as the plan's pass left them: :func:`_fill_splits` sets them)."""
+    import pyarrow as pa
+
+    rows = page.rows
+    n = len(rows)
+    r = list(zip(*rows, strict=True))
+    c = list(zip(*(x if x is not None else _NO_CANDIDATE for x in page.chosen), strict=True))
+    labels, scores = _top5_columns(r[R_TOP5])
+    shas, best = r[R_SHA], r[R_BEST]
+    vector_items: dict[int, list[tuple[str, float]]] = {}
+    vectors = []
+    for v in page.vectors:  # a few distinct dicts per crawl (one per make and model)
+        items = vector_items.get(id(v))
+        if items is None:
+            items = vector_items[id(v)] = list(v.items())
+        vectors.append(items)
+    cols = {
+        "sha256": shas,
+        "path": [os.path.join(prefix, relative_path(sha, fmt)) for sha, fmt in zip(shas, r[R_FORMAT], strict=True)],
+        "label": page.labels, "split": [None] * n, "in_dataset": [x is None for x in page.excluded],
+        "excluded_reason": page.excluded, "scheme": [scheme] * n,
+        "make": c[C_MAKE], "model": c[C_MODEL], "color": c[C_COLOR], "body_type": c[C_BODY_TYPE],
+        "category": c[C_CATEGORY], "url": c[C_URL], "urls": [[x[C_URL] for x in cs] for cs in page.cands],
+        "source": c[C_SOURCE], "query": c[C_QUERY], "search_page": c[C_PAGE], "search_rank": c[C_RANK],
+        "page_url": c[C_PAGE_URL], "title": c[C_TITLE], "license": c[C_LICENSE], "license_url": c[C_LICENSE_URL],
+        "creator": c[C_CREATOR], "attribution": c[C_ATTRIBUTION], "format": r[R_FORMAT], "bytes": r[R_BYTES],
+        "width": r[R_WIDTH], "height": r[R_HEIGHT],
+        "keep": pa.array(r[R_KEEP], pa.int64()).cast(pa.bool_()), "verdict_reason": r[R_VREASON],
+        "classifier": r[R_MODEL], "top_labels": labels, "top_scores": scores, "review_mark": r[R_MARK],
+        "refined_score": r[R_SCORE], "cluster": r[R_CLUSTER],
+        "near_duplicate_of": [b if b and b != sha else None for sha, b in zip(shas, best, strict=True)],
+        "label_conflict": page.conflicts, "body_type_vector": vectors,
+    }
+    return pa.Table.from_arrays([pa.array(cols[f.name], f.type) if not isinstance(cols[f.name], pa.Array)
+                                 else cols[f.name] for f in schema], schema=schema)
+
+
+def _fill_splits(plan: DatasetPlan, table: Any, start: int) -> Any:
+    """``table`` (rows ``start``... of the plan, from :func:`_page_table`) with the split,
+    in_dataset and excluded_reason columns the whole plan decided (numpy and Arrow, no row loop
+    except for the few images label selection or ``min_count`` dropped)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = table.num_rows
+    split = plan.split_array()[start:start + n]
+    names = pa.array(["train", "val", "test", None], pa.string())
+    reason = table.column("excluded_reason").combine_chunks()
+    dropped = np.flatnonzero((split < 0) & np.asarray(reason.is_null()))
+    if dropped.size:
+        fixed = reason.to_pylist()
+        for k in dropped.tolist():
+            fixed[k] = plan.dropped_reason(start + k)
+        reason = pa.array(fixed, pa.string())
+    schema = table.schema
+    table = table.set_column(schema.get_field_index("split"), schema.field("split"),
+                             pc.take(names, pa.array(np.where(split < 0, 3, split).astype(np.int8))))
+    table = table.set_column(schema.get_field_index("in_dataset"), schema.field("in_dataset"),
+                             pa.array(split >= 0, pa.bool_()))
+    return table.set_column(schema.get_field_index("excluded_reason"), schema.field("excluded_reason"), reason)
+
+
+class _Batches:
+    """Arrow tables gathered into row groups of about ``PARQUET_BATCH`` rows."""
+
+    def __init__(self, writer: Any) -> None:
+        self.writer, self.tables, self.rows = writer, [], 0
+
+    def add(self, table: Any) -> None:
+        self.tables.append(table)
+        self.rows += table.num_rows
+        if self.rows >= PARQUET_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow as pa
+
+        if self.tables:
+            self.writer.write_table(pa.concat_tables(self.tables))
+        self.tables, self.rows = [], 0
+
+
 def _write_manifest(plan: DatasetPlan, path: Path, relative_to: Path) -> None:
     """Every stored image as a row, written column-wise ``PARQUET_BATCH`` rows at a time (one row
     group each), so the manifest's memory is one batch whatever the crawl's size."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     schema = _manifest_schema(plan)
-    names = schema.names
     # images/ab/cd/<sha>.<ext> relative to the manifest: one relpath for the crawl, not one per image
     prefix = os.path.relpath(plan.out_dir.resolve(), relative_to.resolve())
     with pq.ParquetWriter(path, schema, compression="zstd") as writer:
-        cols: dict[str, list[Any]] = {k: [] for k in names}
-        rows = 0
-        for _i, e in plan.iter_entries():
-            row = manifest_row(plan, e)
-            row["path"] = os.path.join(prefix, relative_path(e.record.sha256, e.record.format))
-            row["body_type_vector"] = list(row["body_type_vector"].items())
-            for k in names:
-                cols[k].append(row[k])
-            rows += 1
-            if rows >= PARQUET_BATCH:
-                writer.write_table(pa.table(cols, schema=schema))
-                cols, rows = {k: [] for k in names}, 0
-        if rows:
-            writer.write_table(pa.table(cols, schema=schema))
+        batches = _Batches(writer)
+        for start, page in plan.iter_pages():
+            batches.add(_fill_splits(plan, _page_table(page, schema, plan.scheme, prefix), start))
+        batches.flush()
 
 
 def write_parquet(plan: DatasetPlan, to: Path) -> dict[str, Any]:
@@ -367,59 +493,39 @@ def export_parquet(db: DatasetDB, to: Path, **plan_options: Any) -> tuple[Datase
     first = to.parent / f".{to.name}.pass1-{uuid.uuid4().hex[:8]}.parquet"
     schema: Any = None
     prefix = os.path.relpath(db.out_dir.resolve(), final_dir.resolve())
-    cols: dict[str, list[Any]] = {}
     writer: Any = None
+    batches: _Batches | None = None
 
     def open_writer(seed: int, ratios: tuple[float, ...]) -> None:
-        nonlocal schema, writer, cols
+        nonlocal schema, writer, batches
         schema = _schema(scheme, seed, ratios)
-        cols = {k: [] for k in schema.names}
-        writer = pq.ParquetWriter(first, schema, compression="zstd")
+        # a temporary file read back once: a fast codec, the final file gets zstd
+        writer = pq.ParquetWriter(first, schema, compression="lz4")
+        batches = _Batches(writer)
 
-    def flush() -> None:
-        nonlocal cols
-        if cols and cols["sha256"]:
-            writer.write_table(pa.table(cols, schema=schema))
-        cols = {k: [] for k in schema.names}
-
-    def on_entry(e: Entry) -> None:
+    def on_page(page: PlanPage) -> None:
         if writer is None:  # build_plan has checked the options by now
             open_writer(plan_options.get("seed", 0), normalise_ratios(plan_options.get("ratios", (0.7, 0.15, 0.15))))
-        row = _row(scheme, e)
-        row["path"] = os.path.join(prefix, relative_path(e.record.sha256, e.record.format))
-        row["body_type_vector"] = list(row["body_type_vector"].items())
-        for k, v in row.items():
-            cols[k].append(v)
-        if len(cols["sha256"]) >= PARQUET_BATCH:
-            flush()
+        assert batches is not None
+        batches.add(_page_table(page, schema, scheme, prefix))
 
     try:
         try:
-            plan = build_plan(db, on_entry=on_entry, **plan_options)
+            plan = build_plan(db, on_page=on_page, **plan_options)
             if writer is None:
                 open_writer(plan.seed, plan.ratios)
-            flush()
+            assert batches is not None
+            batches.flush()
         finally:
             if writer is not None:
                 writer.close()
 
         def fill(path: Path) -> None:
             i = 0
-            names = schema.names
             with pq.ParquetWriter(path, schema, compression="zstd") as out:
                 for batch in pq.ParquetFile(first).iter_batches(batch_size=PARQUET_BATCH):
-                    n = batch.num_rows
-                    split = [plan.split_of(k) for k in range(i, i + n)]
-                    reason = batch.column("excluded_reason").to_pylist()
-                    for k, s in enumerate(split):
-                        if s < 0 and reason[k] is None:
-                            reason[k] = plan.dropped_reason(i + k)
-                    arrays = dict(zip(names, batch.columns, strict=True))
-                    arrays["split"] = pa.array([SPLITS[s] if s >= 0 else None for s in split], pa.string())
-                    arrays["in_dataset"] = pa.array([s >= 0 for s in split], pa.bool_())
-                    arrays["excluded_reason"] = pa.array(reason, pa.string())
-                    out.write_table(pa.Table.from_arrays([arrays[k] for k in names], schema=schema))
-                    i += n
+                    out.write_table(_fill_splits(plan, pa.Table.from_batches([batch], schema=schema), i))
+                    i += batch.num_rows
 
         if single:
             tmp = to.parent / f".{to.name}.tmp-{uuid.uuid4().hex[:8]}"

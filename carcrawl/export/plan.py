@@ -23,6 +23,9 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from carcrawl.errors import ConfigError
 from carcrawl.export.dedup import SOURCE_RANK
@@ -35,7 +38,28 @@ from carcrawl.export.labels import (
     read_merge_map,
 )
 from carcrawl.export.splits import SPLITS, Splitter, normalise_ratios
-from carcrawl.store.dataset import CandidateInfo, DatasetDB, ImageRecord
+from carcrawl.store.dataset import (
+    C_CATEGORY,
+    C_ID,
+    C_LICENSE,
+    C_MAKE,
+    C_PAGE_URL,
+    C_RANK,
+    C_SOURCE,
+    R_BEST,
+    R_CLUSTER,
+    R_KEEP,
+    R_MARK,
+    R_REASON,
+    R_SCORE,
+    R_SHA,
+    R_STATE,
+    R_VREASON,
+    CandidateInfo,
+    DatasetDB,
+    ImageRecord,
+    group_candidates,
+)
 
 REFINED_THRESHOLD = 0.5
 #: bits of :attr:`DatasetPlan.flags` (what the report's gallery needs, one byte per image)
@@ -120,11 +144,106 @@ def _decide(rec: ImageRecord, scheme: str, merge: dict[str, str | None], refined
     return e
 
 
-def _group_keys(rec: ImageRecord) -> list[str]:
-    keys = [f"page:{c.page_url}" for c in rec.candidates if c.page_url]
-    if rec.cluster:
-        keys.append(f"cluster:{rec.cluster}")
-    return keys
+Row = tuple[Any, ...]
+
+
+class _Decider:
+    """Decisions 1-6 of the module docstring on the checkpoint's plain rows (``R_*`` / ``C_*``
+    columns), the same as :func:`_decide` on records: per image only the inclusion checks and the
+    candidate choice run; the label of a (make, model, colour, body type, category) tuple is worked
+    out once and remembered (a crawl has a few thousand such tuples, not one per image)."""
+
+    def __init__(self, scheme: str, merge: dict[str, str | None], refined: bool,
+                 vectors: dict[tuple[str, str], dict[str, float]]) -> None:
+        self.scheme, self.merge, self.refined, self.vectors = scheme, merge, refined, vectors
+        self._labels: dict[tuple[str, ...], tuple[str | None, str | None, dict[str, float]]] = {}
+
+    def label(self, c: Row) -> tuple[str | None, str | None, dict[str, float]]:
+        """(label, why there is none, body-type vector) of a candidate row's labels."""
+        key = c[C_MAKE:C_CATEGORY + 1]
+        hit = self._labels.get(key)
+        if hit is None:
+            make, model, color, body_type, category = key
+            vector = self.vectors.get((make, model), {})
+            body_type = body_type or (max(vector, key=lambda k: (vector[k], k)) if vector else "")
+            parts = label_parts(self.scheme, make, model, color, body_type, category)
+            if not parts:
+                hit = (None, f"no_label:{self.scheme}", vector)
+            else:
+                label = apply_merge(label_name(parts), self.merge)
+                hit = (label, None if label is not None else "merge_map:dropped", vector)
+            self._labels[key] = hit
+        return hit
+
+    def page(self, rows: list[Row], cands: list[list[Row]]) -> PlanPage:
+        """Decide one page of :meth:`DatasetDB.iter_record_pages` (candidates grouped per image)."""
+        refined = self.refined
+        chosen: list[Row | None] = []
+        labels: list[str | None] = []
+        excluded: list[str | None] = []
+        conflicts: list[str | None] = []
+        vectors: list[dict[str, float]] = []
+        empty: dict[str, float] = {}
+        for r, cs in zip(rows, cands, strict=True):
+            conflict = None
+            if not cs:
+                cand = None
+            elif len(cs) == 1:  # most images: one URL, nothing to vote on
+                cand = cs[0]
+            else:
+                cand, conflict = _choose_row(cs)
+            mark, best = r[R_MARK], r[R_BEST]
+            if mark == "wrong":
+                why: str | None = "reviewer:wrong"
+            elif best and best != r[R_SHA]:
+                why = f"near_duplicate_of:{best}"
+            elif mark == "right":
+                why = None
+            elif refined and r[R_SCORE] is not None:
+                why = None if r[R_SCORE] >= REFINED_THRESHOLD else "refined:low_score"
+            elif r[R_STATE] != "done":
+                why = r[R_VREASON] or r[R_REASON] or "rejected"
+            else:
+                why = None
+            label = None
+            if cand is None:
+                vector = empty
+                if why is None:
+                    why = "no_label:no_url"
+            else:
+                name, no_label, vector = self.label(cand)
+                if why is None:
+                    label, why = name, no_label
+            chosen.append(cand)
+            labels.append(label)
+            excluded.append(why)
+            conflicts.append(conflict)
+            vectors.append(vector)
+        return PlanPage(rows, cands, chosen, labels, excluded, conflicts, vectors)
+
+
+def _choose_row(cs: list[Row]) -> tuple[Row, str | None]:
+    """:func:`choose_candidate` on candidate rows (two or more)."""
+    votes: Counter[tuple[str, ...]] = Counter(c[C_MAKE:C_CATEGORY + 1] for c in cs)
+    best = min(cs, key=lambda c: (-votes[c[C_MAKE:C_CATEGORY + 1]], 0 if c[C_LICENSE] else 1,
+                                  SOURCE_RANK.get(c[C_SOURCE], 9), c[C_RANK] or 0, c[C_ID]))
+    chosen = best[C_MAKE:C_CATEGORY + 1]
+    others = sorted({"/".join(x for x in labels if x) for labels in votes if labels != chosen})
+    return best, ("; ".join(o for o in others if o) or None) if others else None
+
+
+@dataclass(slots=True)
+class PlanPage:
+    """One page of the plan's pass: the checkpoint's rows and, per image, what was decided (before
+    label selection, ``min_count`` and splits). ``label`` is None exactly when ``excluded`` says why."""
+
+    rows: list[Row]
+    cands: list[list[Row]]  # every candidate row of each image, in id order
+    chosen: list[Row | None]  # the candidate whose labels the image takes
+    labels: list[str | None]
+    excluded: list[str | None]
+    conflicts: list[str | None]
+    vectors: list[dict[str, float]]
 
 
 class DatasetPlan:
@@ -184,6 +303,10 @@ class DatasetPlan:
     def sha(self, i: int) -> str:
         return self._splitter.sha(i)
 
+    def split_array(self) -> np.ndarray:
+        """:meth:`split_of` of every image as an int8 array (a view, no copy)."""
+        return np.frombuffer(self._split, dtype=np.int8)
+
     def dropped_reason(self, i: int) -> str:
         """Why image ``i``, labelled in the first pass, is not exported (label selection, min_count)."""
         return self._dropped.get(self._splitter.label(i), "changed_during_export")
@@ -214,6 +337,24 @@ class DatasetPlan:
             if i == n:
                 return
             want = self._splitter.sha(i)
+
+    def iter_pages(self) -> Iterator[tuple[int, PlanPage]]:
+        """(index of its first image, page) for every image of the plan, in sha256 order, decided
+        again from the checkpoint's rows (the Parquet manifest's columns come from these)."""
+        n, i = len(self._splitter), 0
+        if n == 0:
+            return
+        decider = _Decider(self.scheme, self._merge, self._refined, self._vectors)
+        for rows, cand_rows in self.db.iter_record_pages():
+            keep: list[Row] = []
+            for r in rows:
+                if i + len(keep) < n and r[R_SHA] == self._splitter.sha(i + len(keep)):
+                    keep.append(r)  # else an image stored after the plan was made: not in this export
+            if keep:
+                yield i, decider.page(keep, group_candidates(keep, cand_rows))
+                i += len(keep)
+            if i == n:
+                return
 
     def iter_exported(self) -> Iterator[Entry]:
         return (e for _i, e in self.iter_entries() if e.excluded is None)
@@ -252,11 +393,11 @@ def build_plan(
     merge_map: Path | dict[str, str | None] | None = None,
     refined: bool = False,
     remember_splits: bool = True,
-    on_entry: Callable[[Entry], None] | None = None,
+    on_page: Callable[[PlanPage], None] | None = None,
 ) -> DatasetPlan:
-    """Plan the dataset in one pass over the checkpoint. ``on_entry`` sees every image's entry as
+    """Plan the dataset in one pass over the checkpoint. ``on_page`` sees every page of images as
     that pass decides it (before label selection, ``min_count`` and splits, which need the whole
-    pass): the Parquet writer builds its rows there instead of reading the checkpoint twice."""
+    pass): the Parquet writer builds its columns there instead of reading the checkpoint twice."""
     if scheme not in SCHEMES:
         raise ConfigError(f"--scheme: expected one of {', '.join(SCHEMES)}, got {scheme!r}")
     try:
@@ -278,28 +419,46 @@ def build_plan(
     flags = array("b")
     previous = db.iter_previous_splits(plan_key)
     prev = next(previous, None)
-    for rec in db.iter_records():
-        while prev is not None and prev[0] < rec.sha256:
-            prev = next(previous, None)
-        earlier = prev[1] if prev is not None and prev[0] == rec.sha256 else None
-        e = _decide(rec, scheme, merge, refined, vectors)
-        if on_entry is not None:
-            on_entry(e)
-        if e.excluded is not None or e.label is None:
-            excluded[_reason_kind(e.excluded)] += 1
-            splitter.add(rec.sha256, -1)
-            flags.append((REJECTED_BY_MODEL if rec.keep is False and not rec.near_duplicate_of else 0)
-                         | (MARKED_WRONG if e.excluded == "reviewer:wrong" else 0))
-            continue
-        flags.append(0)
-        label_id = ids.get(e.label)
-        if label_id is None:
-            label_id = ids[e.label] = len(names)
-            names.append(e.label)
-        sizes[label_id] += 1
-        if e.label_conflict:
-            conflicts[label_id] += 1
-        splitter.add(rec.sha256, label_id, _group_keys(rec), earlier)
+    decider = _Decider(scheme, merge, refined, vectors)
+    for rows, cand_rows in db.iter_record_pages():
+        page = decider.page(rows, group_candidates(rows, cand_rows))
+        if on_page is not None:
+            on_page(page)
+        page_shas: list[str] = []
+        page_labels: list[int] = []
+        page_keys: list[list[str]] = []
+        page_prev: list[str | None] = []
+        for r, cs, label, why, conflict in zip(rows, page.cands, page.labels, page.excluded, page.conflicts,
+                                               strict=True):
+            sha = r[R_SHA]
+            page_shas.append(sha)
+            while prev is not None and prev[0] < sha:
+                prev = next(previous, None)
+            if label is None:
+                excluded[_reason_kind(why)] += 1
+                page_labels.append(-1)
+                page_keys.append([])
+                page_prev.append(None)
+                best = r[R_BEST]
+                flags.append((REJECTED_BY_MODEL if r[R_KEEP] is not None and not r[R_KEEP]
+                              and not (best and best != sha) else 0)
+                             | (MARKED_WRONG if why == "reviewer:wrong" else 0))
+                continue
+            flags.append(0)
+            label_id = ids.get(label)
+            if label_id is None:
+                label_id = ids[label] = len(names)
+                names.append(label)
+            sizes[label_id] += 1
+            if conflict:
+                conflicts[label_id] += 1
+            keys = [f"page:{c[C_PAGE_URL]}" for c in cs if c[C_PAGE_URL]]
+            if r[R_CLUSTER]:
+                keys.append(f"cluster:{r[R_CLUSTER]}")
+            page_labels.append(label_id)
+            page_keys.append(keys)
+            page_prev.append(prev[1] if prev is not None and prev[0] == sha else None)
+        splitter.add_page(page_shas, page_labels, page_keys, page_prev)
 
     dropped: dict[int, str] = {}
     if labels:
@@ -319,7 +478,8 @@ def build_plan(
 
     split = splitter.assign(shares, seed, names, dropped)
     if remember_splits:
-        db.save_splits(plan_key, ((splitter.sha(i), SPLITS[split[i]]) for i in range(len(splitter)) if split[i] >= 0))
+        # only what differs from the splits remembered before (INSERT OR REPLACE of the same row is a no-op)
+        db.save_splits(plan_key, ((splitter.sha(i), SPLITS[split[i]]) for i in splitter.changed(split).tolist()))
     plan = DatasetPlan(db, scheme, seed, shares, merge, refined, vectors, names, splitter, split, dropped,
                        excluded, conflicts)
     plan.flags = flags

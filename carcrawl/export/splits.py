@@ -42,6 +42,9 @@ def normalise_ratios(ratios: Iterable[float]) -> tuple[float, float, float]:
     return (r[0] / total, r[1] / total, r[2] / total)
 
 
+_SPLIT_INDEX = {name: i for i, name in enumerate(SPLITS)}
+
+
 def _key_hash(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
 
@@ -71,6 +74,25 @@ class Splitter:
                 self._key_hash.append(_key_hash(key))
                 self._key_owner.append(i)
         return i
+
+    def add_page(self, shas: list[str], labels: list[int], keys: list[list[str]], previous: list[str | None]) -> None:
+        """:meth:`add` for a page of images at once (the same state, fewer calls per image)."""
+        first = len(self._label)
+        self._sha += bytes.fromhex("".join(shas))
+        self._label.extend(labels)
+        index = _SPLIT_INDEX.get
+        self._prev.extend([index(p, -1) for p in previous])
+        for k, (label, ks) in enumerate(zip(labels, keys, strict=True)):
+            if label >= 0 and ks:
+                for key in ks:
+                    self._key_hash.append(_key_hash(key))
+                    self._key_owner.append(first + k)
+
+    def changed(self, split: array) -> np.ndarray:
+        """Indices of the images ``split`` (from :meth:`assign`) puts in a split other than the one
+        an earlier export gave them (or that had none): the only rows worth remembering again."""
+        now = np.frombuffer(split, dtype=np.int8)
+        return np.flatnonzero((now >= 0) & (now != np.frombuffer(self._prev, dtype=np.int8)))
 
     def sha(self, i: int) -> str:
         return self._sha[32 * i:32 * i + 32].hex()

@@ -241,8 +241,11 @@ def write_report(target: str | Path, to: str | Path | None = None, *, per_class:
     with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
         thumbs = dict(pool.map(thumb, shown))
 
+    # resolved once, not per card: Path.resolve() stats every component of every path
+    out_dir, page_dir = str(plan.out_dir.resolve()), str(out.parent.resolve())
+
     def original(e: Entry) -> str:
-        return Path(os.path.relpath((plan.out_dir / e.record.path).resolve(), out.parent.resolve())).as_posix()
+        return Path(os.path.relpath(os.path.join(out_dir, e.record.path), page_dir)).as_posix()
 
     def cards(entries: list[Entry]) -> list[dict[str, Any]]:
         return [_card(e, thumbs[e.record.sha256], original(e)) for e in entries]

@@ -138,18 +138,56 @@ _CANDIDATES = (
 )
 
 
+#: positions in the rows of :meth:`DatasetDB.iter_record_pages` (image rows, then candidate rows)
+R_SHA, R_PATH, R_FORMAT, R_BYTES, R_WIDTH, R_HEIGHT, R_STATE, R_REASON, R_KEEP, R_VREASON, R_TOP5, R_MODEL, \
+    R_MARK, R_SCORE, R_CLUSTER, R_BEST = range(16)
+C_SHA, C_ID, C_URL, C_SOURCE, C_QUERY, C_PAGE, C_RANK, C_TITLE, C_PAGE_URL, C_LICENSE, C_LICENSE_URL, \
+    C_CREATOR, C_ATTRIBUTION, C_MAKE, C_MODEL, C_COLOR, C_BODY_TYPE, C_CATEGORY = range(18)
+
+
+def parse_top5(text: str | None) -> list[tuple[str, float]]:
+    """The verdict's top-5 JSON as (label, score) pairs; unreadable text is no prediction."""
+    if not text:
+        return []
+    try:
+        return [(str(p[0]), float(p[1])) for p in json.loads(text)]
+    except (ValueError, TypeError, IndexError):
+        return []
+
+
 def _record(r: tuple[Any, ...]) -> ImageRecord:
-    top5: list[tuple[str, float]] = []
-    if r[10]:
-        try:
-            top5 = [(str(p[0]), float(p[1])) for p in json.loads(r[10])]
-        except (ValueError, TypeError, IndexError):
-            top5 = []
     return ImageRecord(
         sha256=r[0], path=r[1], format=r[2], bytes=r[3], width=r[4], height=r[5], state=r[6], reason=r[7],
-        keep=None if r[8] is None else bool(r[8]), verdict_reason=r[9], top5=top5, model=r[11], mark=r[12],
-        refined_score=r[13], cluster=r[14], best=r[15], candidates=[],
+        keep=None if r[8] is None else bool(r[8]), verdict_reason=r[9], top5=parse_top5(r[10]), model=r[11],
+        mark=r[12], refined_score=r[13], cluster=r[14], best=r[15], candidates=[],
     )
+
+
+def group_candidates(rows: list[tuple[Any, ...]], cands: list[tuple[Any, ...]]) -> list[list[tuple[Any, ...]]]:
+    """Per image row (sha256 order), its candidate rows (``cands`` in sha256, id order; rows of
+    images not in ``rows`` are skipped): one merge walk, no dict."""
+    out: list[list[tuple[Any, ...]]] = []
+    j, n = 0, len(cands)
+    for r in rows:
+        sha = r[0]
+        while j < n and cands[j][0] < sha:
+            j += 1
+        k = j
+        while k < n and cands[k][0] == sha:
+            k += 1
+        out.append(cands[j:k])
+        j = k
+    return out
+
+
+def records_of(rows: list[tuple[Any, ...]], cands: list[tuple[Any, ...]]) -> list[ImageRecord]:
+    """:class:`ImageRecord` objects of one page of :meth:`DatasetDB.iter_record_pages`."""
+    recs = []
+    for r, cs in zip(rows, group_candidates(rows, cands), strict=True):
+        rec = _record(r)
+        rec.candidates = [CandidateInfo(*c[1:]) for c in cs]
+        recs.append(rec)
+    return recs
 
 
 def checkpoint_of(target: str | Path) -> Path:
@@ -353,18 +391,26 @@ class DatasetDB:
 
     # -- the dataset --------------------------------------------------------------------------
 
-    def iter_records(self, page: int = RECORD_PAGE) -> Iterator[ImageRecord]:
-        """Every stored image with its verdict, marks, scores, cluster and the URLs that gave it, in
-        sha256 order, read ``page`` images at a time (memory does not grow with the checkpoint)."""
+    def iter_record_pages(self, page: int = RECORD_PAGE) -> Iterator[tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]]:
+        """(image rows, their candidate rows) of every stored image, ``page`` images at a time in
+        sha256 order (keyset on the primary key): plain tuples (columns ``R_*`` and ``C_*``), so
+        the plan's pass and the Parquet manifest make no object per image."""
         after = ""
         while True:
             rows = self.con.execute(_RECORDS + " WHERE +i.state IN ('done', 'rejected') AND i.sha256 > ?"
                                     " ORDER BY i.sha256 LIMIT ?", (after, page)).fetchall()
             if not rows:
                 return
-            recs = self._attach_candidates([_record(r) for r in rows], rows[0][0], rows[-1][0])
-            yield from recs
+            cands = self.con.execute(_CANDIDATES + " AND c.sha256 BETWEEN ? AND ? ORDER BY c.sha256, c.id",
+                                     (rows[0][0], rows[-1][0])).fetchall()
+            yield rows, cands
             after = rows[-1][0]
+
+    def iter_records(self, page: int = RECORD_PAGE) -> Iterator[ImageRecord]:
+        """Every stored image with its verdict, marks, scores, cluster and the URLs that gave it, in
+        sha256 order, read ``page`` images at a time (memory does not grow with the checkpoint)."""
+        for rows, cands in self.iter_record_pages(page):
+            yield from records_of(rows, cands)
 
     def records(self) -> list[ImageRecord]:
         """:meth:`iter_records` as a list (small checkpoints and tests only)."""
@@ -386,14 +432,6 @@ class DatasetDB:
                     rec.candidates.append(CandidateInfo(*r[1:]))
             found.update(recs)
         return [found[s] for s in shas if s in found]
-
-    def _attach_candidates(self, recs: list[ImageRecord], first: str, last: str) -> list[ImageRecord]:
-        by_sha = {r.sha256: r for r in recs}
-        for r in self.con.execute(_CANDIDATES + " AND c.sha256 BETWEEN ? AND ? ORDER BY c.sha256, c.id", (first, last)):
-            rec = by_sha.get(r[0])
-            if rec is not None:
-                rec.candidates.append(CandidateInfo(*r[1:]))
-        return recs
 
     def label_presence(self) -> dict[str, int]:
         """How many images that can be in a dataset (kept, or marked right) have a URL labelled
