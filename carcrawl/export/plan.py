@@ -59,6 +59,7 @@ from carcrawl.store.dataset import (
     DatasetDB,
     ImageRecord,
     group_candidates,
+    records_of,
 )
 
 REFINED_THRESHOLD = 0.5
@@ -86,71 +87,13 @@ def _reason_kind(reason: str | None) -> str:
     return reason or ""
 
 
-def _candidate_key(c: CandidateInfo, votes: Counter[tuple[str, ...]]) -> tuple[int, int, int, int, int]:
-    labels = (c.make, c.model, c.color, c.body_type, c.category)
-    return (-votes[labels], 0 if c.license else 1, SOURCE_RANK.get(c.source, 9), c.rank or 0, c.id)
-
-
-def choose_candidate(rec: ImageRecord) -> tuple[CandidateInfo | None, str | None]:
-    """The candidate whose labels the image takes, and the other labels seen (a conflict) if any."""
-    if not rec.candidates:
-        return None, None
-    if len(rec.candidates) == 1:  # most images: one URL, nothing to vote on
-        return rec.candidates[0], None
-    votes: Counter[tuple[str, ...]] = Counter((c.make, c.model, c.color, c.body_type, c.category) for c in rec.candidates)
-    best = min(rec.candidates, key=lambda c: _candidate_key(c, votes))
-    chosen = (best.make, best.model, best.color, best.body_type, best.category)
-    others = sorted({"/".join(x for x in labels if x) for labels in votes if labels != chosen})
-    return best, ("; ".join(o for o in others if o) or None) if others else None
-
-
-def decide_inclusion(rec: ImageRecord, refined: bool) -> str | None:
-    """None when the image belongs in the dataset, else the reason it does not."""
-    if rec.mark == "wrong":
-        return "reviewer:wrong"
-    if rec.near_duplicate_of:
-        return f"near_duplicate_of:{rec.near_duplicate_of}"
-    if rec.mark == "right":
-        return None
-    if refined and rec.refined_score is not None:
-        return None if rec.refined_score >= REFINED_THRESHOLD else "refined:low_score"
-    if rec.state != "done":
-        return rec.verdict_reason or rec.reason or "rejected"
-    return None
-
-
-def _decide(rec: ImageRecord, scheme: str, merge: dict[str, str | None], refined: bool,
-            vectors: dict[tuple[str, str], dict[str, float]]) -> Entry:
-    """Decisions 1-6 (merge map) for one image; label selection and ``min_count`` come later."""
-    cand, conflict = choose_candidate(rec)
-    e = Entry(rec, cand, label_conflict=conflict)
-    if cand is not None:
-        e.body_type_vector = vectors.get((cand.make, cand.model), {})
-    e.excluded = decide_inclusion(rec, refined)
-    if e.excluded:
-        return e
-    if cand is None:
-        e.excluded = "no_label:no_url"
-        return e
-    body_type = cand.body_type or (max(e.body_type_vector, key=lambda k: (e.body_type_vector[k], k))
-                                   if e.body_type_vector else "")
-    parts = label_parts(scheme, cand.make, cand.model, cand.color, body_type, cand.category)
-    if not parts:
-        e.excluded = f"no_label:{scheme}"
-        return e
-    e.label = apply_merge(label_name(parts), merge)
-    if e.label is None:
-        e.excluded = "merge_map:dropped"
-    return e
-
-
 Row = tuple[Any, ...]
 
 
 class _Decider:
     """Decisions 1-6 of the module docstring on the checkpoint's plain rows (``R_*`` / ``C_*``
-    columns), the same as :func:`_decide` on records: per image only the inclusion checks and the
-    candidate choice run; the label of a (make, model, colour, body type, category) tuple is worked
+    columns), for the plan's pass, the Parquet manifest and the writers' entries alike: per image
+    only the inclusion checks and the candidate choice run; the label of a (make, model, colour, body type, category) tuple is worked
     out once and remembered (a crawl has a few thousand such tuples, not one per image)."""
 
     def __init__(self, scheme: str, merge: dict[str, str | None], refined: bool,
@@ -223,7 +166,8 @@ class _Decider:
 
 
 def _choose_row(cs: list[Row]) -> tuple[Row, str | None]:
-    """:func:`choose_candidate` on candidate rows (two or more)."""
+    """The candidate whose labels an image with two or more URLs takes (majority vote, then a
+    licence, the cleanest source, the best rank, the first found), and the other labels seen."""
     votes: Counter[tuple[str, ...]] = Counter(c[C_MAKE:C_CATEGORY + 1] for c in cs)
     best = min(cs, key=lambda c: (-votes[c[C_MAKE:C_CATEGORY + 1]], 0 if c[C_LICENSE] else 1,
                                   SOURCE_RANK.get(c[C_SOURCE], 9), c[C_RANK] or 0, c[C_ID]))
@@ -260,6 +204,7 @@ class DatasetPlan:
         self.ratios = ratios
         self.out_dir: Path = db.out_dir  # the crawl's output folder (where images/ lives)
         self._merge, self._refined, self._vectors = merge, refined, vectors
+        self._decider = _Decider(scheme, merge, refined, vectors)
         self._names, self._splitter, self._split, self._dropped = label_names, splitter, split, dropped
         per_class: dict[str, dict[str, int]] = {}
         for i in range(len(splitter)):
@@ -311,50 +256,53 @@ class DatasetPlan:
         """Why image ``i``, labelled in the first pass, is not exported (label selection, min_count)."""
         return self._dropped.get(self._splitter.label(i), "changed_during_export")
 
-    def entry(self, i: int, rec: ImageRecord) -> Entry:
-        """The plan's decision about its image ``i`` (whose record is ``rec``)."""
-        e = _decide(rec, self.scheme, self._merge, self._refined, self._vectors)
-        s = self._split[i]
-        if s >= 0:
-            e.label, e.split, e.excluded = self._names[self._splitter.label(i)], SPLITS[s], None
-        elif e.excluded is None:
-            label_id = self._splitter.label(i)
-            # a verdict that arrived between the two reads of a checkpoint a crawl is still writing
-            e.excluded = self._dropped.get(label_id, "changed_during_export") if label_id >= 0 else "changed_during_export"
-        return e
+    def _entries(self, indices: list[int], rows: list[Row], cands: list[list[Row]]) -> list[Entry]:
+        """The plan's decisions about its images ``indices`` (their rows, sha256 order, and their
+        candidate rows grouped per image), as entries the writers read."""
+        page = self._decider.page(rows, cands)
+        out = []
+        for k, (i, rec) in enumerate(zip(indices, records_of(rows, cands), strict=True)):
+            chosen = page.chosen[k]
+            cand = None if chosen is None else rec.candidates[next(j for j, c in enumerate(cands[k]) if c is chosen)]
+            e = Entry(rec, cand, page.labels[k], None, page.excluded[k], page.conflicts[k], page.vectors[k])
+            s = self._split[i]
+            if s >= 0:
+                e.label, e.split, e.excluded = self._names[self._splitter.label(i)], SPLITS[s], None
+            elif e.excluded is None:
+                label_id = self._splitter.label(i)
+                # a verdict that arrived between the two reads of a checkpoint a crawl is still writing
+                e.excluded = (self._dropped.get(label_id, "changed_during_export") if label_id >= 0
+                              else "changed_during_export")
+            out.append(e)
+        return out
 
-    def iter_entries(self) -> Iterator[tuple[int, Entry]]:
-        """(index, entry) for every image of the plan, in sha256 order, read page by page."""
+    def _plan_rows(self) -> Iterator[tuple[int, list[Row], list[list[Row]]]]:
+        """(index of its first image, rows, grouped candidate rows) of every page of the plan's
+        images, read again from the checkpoint in sha256 order."""
         n, i = len(self._splitter), 0
         if n == 0:
             return
-        want = self._splitter.sha(0)
-        for rec in self.db.iter_records():
-            if rec.sha256 != want:
-                continue  # an image stored after the plan was made: not in this export
-            yield i, self.entry(i, rec)
-            i += 1
-            if i == n:
-                return
-            want = self._splitter.sha(i)
-
-    def iter_pages(self) -> Iterator[tuple[int, PlanPage]]:
-        """(index of its first image, page) for every image of the plan, in sha256 order, decided
-        again from the checkpoint's rows (the Parquet manifest's columns come from these)."""
-        n, i = len(self._splitter), 0
-        if n == 0:
-            return
-        decider = _Decider(self.scheme, self._merge, self._refined, self._vectors)
         for rows, cand_rows in self.db.iter_record_pages():
             keep: list[Row] = []
             for r in rows:
                 if i + len(keep) < n and r[R_SHA] == self._splitter.sha(i + len(keep)):
                     keep.append(r)  # else an image stored after the plan was made: not in this export
             if keep:
-                yield i, decider.page(keep, group_candidates(keep, cand_rows))
+                yield i, keep, group_candidates(keep, cand_rows)
                 i += len(keep)
             if i == n:
                 return
+
+    def iter_entries(self) -> Iterator[tuple[int, Entry]]:
+        """(index, entry) for every image of the plan, in sha256 order, read page by page."""
+        for start, rows, cands in self._plan_rows():
+            yield from enumerate(self._entries(list(range(start, start + len(rows))), rows, cands), start)
+
+    def iter_pages(self) -> Iterator[tuple[int, PlanPage]]:
+        """(index of its first image, page) for every image of the plan, in sha256 order, decided
+        again from the checkpoint's rows (the Parquet manifest's columns come from these)."""
+        for start, rows, cands in self._plan_rows():
+            yield start, self._decider.page(rows, cands)
 
     def iter_exported(self) -> Iterator[Entry]:
         return (e for _i, e in self.iter_entries() if e.excluded is None)
@@ -375,11 +323,14 @@ class DatasetPlan:
             yield from self._fetch(batch)
 
     def _fetch(self, batch: list[int]) -> Iterator[Entry]:
-        recs = {r.sha256: r for r in self.db.records_by_sha([self._splitter.sha(i) for i in batch])}
+        index_of = {self._splitter.sha(i): i for i in batch}
+        rows, cands = self.db.record_rows_by_sha(list(index_of))
+        found = {e.record.sha256: e for e in self._entries([index_of[r[R_SHA]] for r in rows], rows,
+                                                           group_candidates(rows, cands))}
         for i in batch:
-            rec = recs.get(self._splitter.sha(i))
-            if rec is not None:
-                yield self.entry(i, rec)
+            e = found.get(self._splitter.sha(i))
+            if e is not None:
+                yield e
 
 
 def build_plan(

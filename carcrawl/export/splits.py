@@ -66,17 +66,12 @@ class Splitter:
     def add(self, sha256: str, label: int, keys: Iterable[str] = (), previous: str | None = None) -> int:
         """Add one image (``label`` a label id, -1 = not in the dataset); returns its index."""
         i = len(self._label)
-        self._sha += bytes.fromhex(sha256)
-        self._label.append(label)
-        self._prev.append(SPLITS.index(previous) if previous in SPLITS else -1)
-        if label >= 0:
-            for key in keys:
-                self._key_hash.append(_key_hash(key))
-                self._key_owner.append(i)
+        self.add_page([sha256], [label], [list(keys)], [previous])
         return i
 
     def add_page(self, shas: list[str], labels: list[int], keys: list[list[str]], previous: list[str | None]) -> None:
-        """:meth:`add` for a page of images at once (the same state, fewer calls per image)."""
+        """Add a page of images: their sha256, label ids (-1 = not in the dataset), group keys
+        (only a labelled image's count) and the splits an earlier export gave them."""
         first = len(self._label)
         self._sha += bytes.fromhex("".join(shas))
         self._label.extend(labels)

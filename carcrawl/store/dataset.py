@@ -180,10 +180,11 @@ def group_candidates(rows: list[tuple[Any, ...]], cands: list[tuple[Any, ...]]) 
     return out
 
 
-def records_of(rows: list[tuple[Any, ...]], cands: list[tuple[Any, ...]]) -> list[ImageRecord]:
-    """:class:`ImageRecord` objects of one page of :meth:`DatasetDB.iter_record_pages`."""
+def records_of(rows: list[tuple[Any, ...]], cands: list[list[tuple[Any, ...]]]) -> list[ImageRecord]:
+    """:class:`ImageRecord` objects of image rows and their candidate rows (grouped per image:
+    :func:`group_candidates`)."""
     recs = []
-    for r, cs in zip(rows, group_candidates(rows, cands), strict=True):
+    for r, cs in zip(rows, cands, strict=True):
         rec = _record(r)
         rec.candidates = [CandidateInfo(*c[1:]) for c in cs]
         recs.append(rec)
@@ -410,27 +411,32 @@ class DatasetDB:
         """Every stored image with its verdict, marks, scores, cluster and the URLs that gave it, in
         sha256 order, read ``page`` images at a time (memory does not grow with the checkpoint)."""
         for rows, cands in self.iter_record_pages(page):
-            yield from records_of(rows, cands)
+            yield from records_of(rows, group_candidates(rows, cands))
 
     def records(self) -> list[ImageRecord]:
         """:meth:`iter_records` as a list (small checkpoints and tests only)."""
         return list(self.iter_records())
 
-    def records_by_sha(self, shas: list[str]) -> list[ImageRecord]:
-        """The records of ``shas`` (stored, done or rejected), in the order given; for the few
-        images a report shows and the shuffled order of WebDataset shards."""
-        found: dict[str, ImageRecord] = {}
+    def record_rows_by_sha(self, shas: list[str]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """(image rows, candidate rows) of ``shas`` (stored, done or rejected), both in sha256 order
+        (candidates then by id) like a page of :meth:`iter_record_pages`; for the few images a
+        report shows and the shuffled order of WebDataset shards."""
+        rows: list[tuple[Any, ...]] = []
+        cands: list[tuple[Any, ...]] = []
         for i in range(0, len(shas), 500):
             chunk = shas[i:i + 500]
             marks = ",".join("?" * len(chunk))
-            rows = self.con.execute(_RECORDS + f" WHERE +i.state IN ('done', 'rejected') AND i.sha256 IN ({marks})",
-                                    chunk).fetchall()
-            recs = {r.sha256: r for r in (_record(row) for row in rows)}
-            for r in self.con.execute(_CANDIDATES + f" AND c.sha256 IN ({marks}) ORDER BY c.sha256, c.id", chunk):
-                rec = recs.get(r[0])
-                if rec is not None:
-                    rec.candidates.append(CandidateInfo(*r[1:]))
-            found.update(recs)
+            rows += self.con.execute(_RECORDS + f" WHERE +i.state IN ('done', 'rejected') AND i.sha256 IN ({marks})",
+                                     chunk).fetchall()
+            cands += self.con.execute(_CANDIDATES + f" AND c.sha256 IN ({marks})", chunk).fetchall()
+        rows.sort(key=lambda r: r[0])
+        cands.sort(key=lambda c: (c[0], c[1]))
+        return rows, cands
+
+    def records_by_sha(self, shas: list[str]) -> list[ImageRecord]:
+        """The records of ``shas`` (stored, done or rejected), in the order given."""
+        rows, cands = self.record_rows_by_sha(shas)
+        found = {r.sha256: r for r in records_of(rows, group_candidates(rows, cands))}
         return [found[s] for s in shas if s in found]
 
     def label_presence(self) -> dict[str, int]:
