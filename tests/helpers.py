@@ -91,3 +91,18 @@ def crawl_settings(out: Path, sb: Any | None = None, **overrides: object) -> Any
             o[f"engines.{name}.concurrency"] = 2
     o.update(overrides)
     return load_settings(None, o)
+
+
+def assert_status_counters_match_rows(checkpoint: Path) -> None:
+    """The counters the triggers keep (what ``carcrawl status`` reads) equal a count of the rows."""
+    from carcrawl.store import open_readonly
+    from carcrawl.store.status import row_counters, trigger_counters
+
+    con = open_readonly(checkpoint)
+    try:
+        kept = trigger_counters(con)
+        assert kept is not None, f"{checkpoint}: no counters"
+        counted = {table: {k: v for k, v in groups.items() if v[0]} for table, groups in row_counters(con).items()}
+        assert kept == {t: g for t, g in counted.items() if g}
+    finally:
+        con.close()

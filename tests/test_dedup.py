@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from helpers import assert_status_counters_match_rows
 from test_export_helpers import Shot, build_crawl, copies, vehicle_photos
 
 from carcrawl.classify import ClassifySettings, load_classifier
@@ -260,5 +261,6 @@ def test_a_later_pass_searches_only_new_images_and_matches_a_full_pass(tmp_path:
         db.con.execute("UPDATE image_hashes SET indexed = NULL")
     full = find_near_duplicates(out)
     assert full.indexed == first.indexed + n_new and full.hashed == 0
+    assert_status_counters_match_rows(out / "checkpoint.sqlite")  # copies marked, unmarked, marked again
     with DatasetDB.open(out) as db:
         assert _stored_clusters(db) == incremental == _all_pairs_clusters(db)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import ray  # noqa: F401  (the test extra installs it; a missing Ray must fail here, not skip)
-from helpers import IMAGES, carcrawl_cmd, crawl_settings, image_shas, sandbox_in_thread
+from helpers import IMAGES, assert_status_counters_match_rows, carcrawl_cmd, crawl_settings, image_shas, sandbox_in_thread
 
 from carcrawl.models import Labels
 from carcrawl.pipeline import Job, Pipeline
@@ -98,6 +98,7 @@ def test_two_workers_store_every_image_once_and_hold_per_host_limits_together(tm
     assert summary["status"]["candidates"]["by_state"] == {"done": 3000}
     shas = _one_dataset(out)
     assert set(_candidates(out).values()) == {"done:"}
+    assert_status_counters_match_rows(out / "checkpoint.sqlite")  # split, crawled in shards, merged
 
     # the dataset side reads the merged folder as one dataset
     status = subprocess.run([*carcrawl_cmd(), "status", str(out), "--json"], capture_output=True, text=True,

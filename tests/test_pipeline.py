@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import IMAGES, carcrawl_cmd, crawl_settings, image_shas, sandbox_in_thread
+from helpers import IMAGES, assert_status_counters_match_rows, carcrawl_cmd, crawl_settings, image_shas, sandbox_in_thread
 
 from carcrawl.models import Labels, Query
 from carcrawl.pipeline import Job, Pipeline
@@ -56,6 +56,7 @@ async def test_crawl_searches_the_sandbox_engines_and_downloads(tmp_path: Path) 
     assert st["candidates"]["by_state"].get("pending", 0) == 0
     assert st["images"]["by_state"]["done"] > 0
     assert any(r.startswith(("not_image", "http_", "truncated")) for r in st["reasons"])
+    assert_status_counters_match_rows(out / "checkpoint.sqlite")
 
 
 def _fetch_cmd(urls_file: Path, out: Path, config: Path) -> list[str]:

@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import IMAGES, carcrawl_cmd, image_shas, sandbox_in_thread
+from helpers import IMAGES, assert_status_counters_match_rows, carcrawl_cmd, image_shas, sandbox_in_thread
 
 pytestmark = pytest.mark.usefixtures("shared")
 
@@ -148,6 +148,7 @@ def test_twenty_sigkills_and_resumes_end_where_an_uninterrupted_run_ends(tmp_pat
         len(got["candidates"] - want["candidates"]), sorted(got["candidates"] - want["candidates"])[:3])  # type: ignore[operator]
     assert got["images"] == want["images"]
     assert got["verdicts"] == want["verdicts"]
+    assert_status_counters_match_rows(killed / "checkpoint.sqlite")  # twenty kills mid-transaction
     assert image_shas(killed) == image_shas(reference) == {s for s, _, _ in want["images"]}  # type: ignore[attr-defined]
     assert not list((killed / "images" / ".tmp").iterdir()), "orphan temporary files"
     on_disk = {p.relative_to(killed).as_posix() for p in (killed / "images").glob("*/*/*.*")}

@@ -92,3 +92,58 @@ async def test_foreign_sqlite_file_is_refused(tmp_path: Path) -> None:
     garbage.write_bytes(b"this is not a database at all" * 100)
     with pytest.raises(CheckpointError, match="not an SQLite database"):
         await Store.open(garbage)
+
+
+async def test_status_counters_follow_every_change_and_an_old_checkpoint_is_counted_once(tmp_path: Path) -> None:
+    """status reads counters the triggers keep: they must equal a count of the rows after inserts,
+    state changes, a verdict changing its mind about a near-duplicate copy, deletes; and a
+    checkpoint written before the counters existed gets them on its next open."""
+    from helpers import assert_status_counters_match_rows
+
+    from carcrawl.store.dataset import DatasetDB
+
+    path = tmp_path / "c.sqlite"
+    store = await Store.open(path)
+    for i in range(6):
+        store.add_url_candidate(f"http://h.example/{i}.jpg", f"k{i}", Labels(category="cat"))
+    await store.flush()
+    tasks = await store.next_candidates(0, 10)
+    shas = [f"{i:02x}" * 32 for i in range(4)]
+    for t, sha in zip(tasks, shas, strict=False):
+        store.record_fetched(t.candidate_id, sha256=sha, final_url=t.url, attempts=1,
+                             image=StoredImage(sha, f"images/{sha[:2]}/{sha}.jpg", "jpeg"), size=1000)
+    store.record_failure(tasks[4].candidate_id, "http_404", 1)
+    store.record_verdicts([Verdict(shas[0], True, "vehicle:sports car", model="m"),
+                           Verdict(shas[1], True, "vehicle:sports car", model="m"),
+                           Verdict(shas[2], False, "not_vehicle:tabby", model="m")])
+    await store.close()
+    assert_status_counters_match_rows(path)
+    with DatasetDB.open(path) as db:  # the dataset side marks shas[1] a copy of shas[0]
+        db.replace_near_duplicates([(shas[0], shas[0], shas[0], 0), (shas[1], shas[0], shas[0], 5)])
+    st = status_counts(open_readonly(path))
+    assert (st["kept"], st["kept_duplicates"], st["rejected_by_classifier"]) == (1, 1, 1)
+    assert_status_counters_match_rows(path)
+
+    store = await Store.open(path)  # a verdict is written again (a re-run), now rejecting the copy
+    store.record_verdicts([Verdict(shas[1], False, "interior", model="m")])
+    await store.close()
+    assert status_counts(open_readonly(path))["kept_duplicates"] == 0
+    assert_status_counters_match_rows(path)
+    con = sqlite3.connect(path)
+    con.execute("DELETE FROM verdicts WHERE sha256 = ?", (shas[0],))
+    con.execute("DELETE FROM images WHERE sha256 = ?", (shas[3],))
+    con.execute("DELETE FROM candidates WHERE url_key = 'k5'")
+    con.commit()
+    assert_status_counters_match_rows(path)
+
+    # a checkpoint from before the counters: no table, no triggers, no mark
+    for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+        con.execute(f'DROP TRIGGER "{name}"')
+    con.execute("DROP TABLE state_counts")
+    con.execute("DELETE FROM meta WHERE key = 'state_counts'")
+    con.commit()
+    before = status_counts(open_readonly(path))  # read-only: counted from the rows
+    await (await Store.open(path)).close()  # the next writer counts once, then keeps counting
+    assert_status_counters_match_rows(path)
+    assert status_counts(open_readonly(path)) == before
+    con.close()

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,9 +195,12 @@ def index_new_images(db: DatasetDB) -> tuple[int, int]:
 
 
 def clusters(members: dict[str, DedupMember], pairs: list[tuple[str, str, int]],
-             cosines: list[float | None]) -> list[tuple[str, str, str, int]]:
+             cosines: list[float | None],
+             with_sources: Callable[[list[str]], list[DedupMember]] | None = None) -> list[tuple[str, str, str, int]]:
     """(sha256, cluster id, best sha256, distance to best or 0) for members of multi-image clusters,
-    from the candidate pairs (a, b, bits) and their embeddings' cosines."""
+    from the candidate pairs (a, b, bits) and their embeddings' cosines. ``members`` may lack their
+    sources; then ``with_sources`` gives them for the members that tie for the most pixels in a
+    cluster (only those can be the best, and only between them do licence and source decide)."""
     ids: dict[str, int] = {}
     near: list[tuple[int, int, int]] = []
     for (a, b, d), cos in zip(pairs, cosines, strict=True):
@@ -211,6 +215,15 @@ def clusters(members: dict[str, DedupMember], pairs: list[tuple[str, str, int]],
     groups: dict[int, list[int]] = {}
     for i in range(len(shas)):
         groups.setdefault(uf.find(i), []).append(i)
+    if with_sources is not None:
+        tied: list[str] = []
+        for idx in groups.values():
+            pixels = [best_member_key(members[shas[i]])[0] for i in idx]  # minus the pixels
+            most = min(pixels)
+            top = [shas[i] for i, p in zip(idx, pixels, strict=True) if p == most]
+            if len(top) > 1:
+                tied += top
+        members = {**members, **{m.sha256: m for m in with_sources(tied)}} if tied else members
     out = []
     for idx in groups.values():
         ranked = sorted(idx, key=lambda i: best_member_key(members[shas[i]]))
@@ -228,14 +241,14 @@ def find_near_duplicates(target: str | Path) -> DedupResult:
     with DatasetDB.open(target) as db:
         hashed, unreadable = _hash_missing(db)
         indexed, new_pairs = index_new_images(db)
-        member_shas = db.dedup_member_shas()
-        pairs = [p for p in db.near_pairs() if p[0] in member_shas and p[1] in member_shas]
-        members = {m.sha256: m for m in db.dedup_members({s for a, b, _d in pairs for s in (a, b)})}
+        pairs = list(db.near_pairs())
+        members = {m.sha256: m for m in db.dedup_members({s for a, b, _d in pairs for s in (a, b)}, sources=False)}
         pairs = [p for p in pairs if p[0] in members and p[1] in members]
-        found = clusters(members, pairs, _cosines(db, pairs))
+        found = clusters(members, pairs, _cosines(db, pairs), db.dedup_members)
         db.replace_near_duplicates(found)
+        checked = db.count_dedup_members()
     n_clusters = len({c for _s, c, _b, _d in found})
-    result = DedupResult(len(member_shas), hashed, unreadable, n_clusters, len(found) - n_clusters, indexed, new_pairs)
+    result = DedupResult(checked, hashed, unreadable, n_clusters, len(found) - n_clusters, indexed, new_pairs)
     log.info("%s", result)
     return result
 

@@ -272,19 +272,28 @@ class DatasetDB:
             " AND NOT EXISTS (SELECT 1 FROM image_hashes h WHERE h.sha256 = i.sha256) ORDER BY i.sha256"
         ).fetchall()
 
-    def dedup_members(self, shas: Iterable[str]) -> list[DedupMember]:
-        """What ranks the best member of a cluster, for the members among ``shas``."""
+    def count_dedup_members(self) -> int:
+        return self.con.execute(
+            "SELECT count(*) FROM images i LEFT JOIN reviews r ON r.sha256 = i.sha256"
+            " WHERE (i.state = 'done' OR i.reason LIKE 'near_duplicate_of:%' OR r.mark = 'right')"
+            " AND coalesce(r.mark, '') != 'wrong'").fetchone()[0]
+
+    def dedup_members(self, shas: Iterable[str], *, sources: bool = True) -> list[DedupMember]:
+        """What ranks the best member of a cluster, for the members among ``shas``. Without
+        ``sources`` the candidates are not read (``sources=()``, ``licensed=False``): those
+        look-ups are most of the cost, and only clusters whose largest members tie need them."""
         wanted = sorted(set(shas))
         rows = []
+        cands = ("group_concat(DISTINCT c.source), max(c.license IS NOT NULL AND c.license != '')" if sources
+                 else "NULL, 0")
+        # "+c.state": look candidates up by sha256, never scan them by state (O(n) per chunk)
+        join = " LEFT JOIN candidates c ON c.sha256 = i.sha256 AND +c.state = 'done'" if sources else ""
         for i in range(0, len(wanted), 500):
             chunk = wanted[i:i + 500]
             marks = ",".join("?" * len(chunk))
             rows += self.con.execute(
                 "SELECT i.sha256, i.path, i.bytes, coalesce(i.width, h.width), coalesce(i.height, h.height),"
-                " group_concat(DISTINCT c.source), max(c.license IS NOT NULL AND c.license != '')"
-                " FROM images i LEFT JOIN image_hashes h ON h.sha256 = i.sha256"
-                # "+c.state": look candidates up by sha256, never scan them by state (O(n) per chunk)
-                " LEFT JOIN candidates c ON c.sha256 = i.sha256 AND +c.state = 'done'"
+                f" {cands} FROM images i LEFT JOIN image_hashes h ON h.sha256 = i.sha256{join}"
                 " LEFT JOIN reviews r ON r.sha256 = i.sha256"
                 " WHERE (i.state = 'done' OR i.reason LIKE 'near_duplicate_of:%' OR r.mark = 'right')"
                 f" AND coalesce(r.mark, '') != 'wrong' AND i.sha256 IN ({marks}) GROUP BY i.sha256", chunk
@@ -296,18 +305,22 @@ class DatasetDB:
 
     def hash_matrix(self) -> tuple[list[str], bytes, int]:
         """(sha256s, their hashes joined (96 bytes each), how many of them come first because a pass
-        already searched their pairs): every image with hashes, the indexed ones first."""
+        already searched their pairs): every image with hashes, the indexed ones first (read in
+        table order and put in order here: an ORDER BY sorted 1M rows in SQLite)."""
         shas: list[str] = []
         blobs: list[bytes] = []
-        indexed = 0
-        for sha, blob, done in self.con.execute(
-            "SELECT sha256, hashes, indexed FROM image_hashes WHERE hashes IS NOT NULL"
-            " ORDER BY indexed IS NULL, sha256"
-        ):
+        fresh: list[int] = []
+        for k, (sha, blob, done) in enumerate(self.con.execute(
+                "SELECT sha256, hashes, indexed FROM image_hashes WHERE hashes IS NOT NULL")):
             shas.append(sha)
             blobs.append(blob)
-            indexed += 1 if done else 0
-        return shas, b"".join(blobs), indexed
+            if not done:
+                fresh.append(k)
+        if not fresh:
+            return shas, b"".join(blobs), len(shas)
+        is_fresh = set(fresh)
+        order = [k for k in range(len(shas)) if k not in is_fresh] + fresh
+        return [shas[k] for k in order], b"".join([blobs[k] for k in order]), len(shas) - len(fresh)
 
     def add_near_pairs(self, pairs: Iterable[tuple[str, str, int]], searched: list[str]) -> None:
         """Record the pairs a pass found for the images ``searched`` (their old pairs are replaced:
@@ -374,21 +387,33 @@ class DatasetDB:
     def replace_near_duplicates(self, members: list[tuple[str, str, str, int]]) -> None:
         """Replace all clusters at once: (sha256, cluster, best, distance) for every member of a
         cluster of two or more. Non-best members become ``rejected:near_duplicate_of:<best>``;
-        images that were near duplicates before but are not now get their classifier state back."""
+        images that were near duplicates before but are not now get their classifier state back.
+        Only the rows that change are written (a later pass changes a few clusters of many)."""
+        new = {sha: (cluster, best, distance) for sha, cluster, best, distance in members}
+        wanted = {sha: NEAR_DUP_PREFIX + best for sha, (_c, best, _d) in new.items() if sha != best}
         restore = (
             "UPDATE images SET"
             " state = coalesce((SELECT CASE WHEN v.keep THEN 'done' ELSE 'rejected' END FROM verdicts v"
             "   WHERE v.sha256 = images.sha256), 'done'),"
             " reason = coalesce((SELECT v.reason FROM verdicts v WHERE v.sha256 = images.sha256), 'classify_disabled')"
-            " WHERE reason LIKE 'near_duplicate_of:%'"
+            " WHERE sha256 = ?"
         )
-        self._tx([
-            (restore, [()]),
-            ("DELETE FROM near_duplicates", [()]),
-            ("INSERT INTO near_duplicates(sha256, cluster, best, distance) VALUES (?,?,?,?)", members),
-            ("UPDATE images SET state='rejected', reason=? WHERE sha256=?",
-             [(NEAR_DUP_PREFIX + best, sha) for sha, _c, best, _d in members if sha != best]),
-        ])
+        self.con.execute("BEGIN IMMEDIATE")
+        try:
+            old = {r[0]: tuple(r[1:]) for r in self.con.execute("SELECT sha256, cluster, best, distance FROM near_duplicates")}
+            marked = dict(self.con.execute(
+                "SELECT sha256, reason FROM images WHERE state = 'rejected'"
+                " AND reason >= 'near_duplicate_of:' AND reason < 'near_duplicate_of;'"))
+            self.con.executemany(restore, [(sha,) for sha in marked if sha not in wanted])
+            self.con.executemany("DELETE FROM near_duplicates WHERE sha256 = ?", [(sha,) for sha in old if sha not in new])
+            self.con.executemany("INSERT OR REPLACE INTO near_duplicates(sha256, cluster, best, distance) VALUES (?,?,?,?)",
+                                 [(sha, *row) for sha, row in new.items() if old.get(sha) != row])
+            self.con.executemany("UPDATE images SET state='rejected', reason=? WHERE sha256=?",
+                                 [(reason, sha) for sha, reason in wanted.items() if marked.get(sha) != reason])
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
 
     # -- the dataset --------------------------------------------------------------------------
 

@@ -19,11 +19,13 @@ from typing import Any
 
 from carcrawl.errors import CheckpointError
 from carcrawl.store import APPLICATION_ID, SCHEMA, SCHEMA_VERSION, open_readonly, status_counts
+from carcrawl.store.schema import BACKFILL_STATE_COUNTS
 
 SHARDED = "sharded"  # state of a main-checkpoint candidate whose shard has not been merged yet
 SHARDS_META = "shards"  # meta key: how many shards the unmerged split has
 #: tables that are not per-image data: the shard's own bookkeeping, or rows the driver owns
-_NOT_MERGED = {"meta", "runs", "progress", "queries", "searches", "candidates"}
+#: (state_counts: main's triggers count the merged rows themselves)
+_NOT_MERGED = {"meta", "runs", "progress", "queries", "searches", "candidates", "state_counts"}
 _CANDIDATE_RESULT = ("state", "reason", "attempts", "sha256", "final_url", "updated_at")
 
 
@@ -55,6 +57,7 @@ def _init_checkpoint(path: Path) -> None:
     try:
         con.execute("PRAGMA journal_mode=WAL")
         con.executescript(SCHEMA)
+        con.executescript(BACKFILL_STATE_COUNTS)
         con.execute(f"PRAGMA application_id={APPLICATION_ID}")
         con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     finally:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from carcrawl.errors import CheckpointError
-from carcrawl.store.schema import APPLICATION_ID
+from carcrawl.store.schema import APPLICATION_ID, STATE_COUNTS_META, reason_key
 
 
 def open_readonly(path: str | Path) -> sqlite3.Connection:
@@ -31,8 +31,7 @@ def open_readonly(path: str | Path) -> sqlite3.Connection:
 
 # reasons that carry an argument are counted under their prefix (one line, not one per image)
 # (``not_vehicle:<class>`` as ``not_vehicle``, beside ``interior`` and ``vehicle_detail``: what the images were)
-_REASON_KEY = ("CASE WHEN reason LIKE 'near_duplicate_of:%' THEN 'near_duplicate'"
-               " WHEN reason LIKE 'not_vehicle:%' THEN 'not_vehicle' ELSE reason END")
+_REASON_KEY = reason_key("reason")
 
 
 # the first and the last sample of a run (an index search each, not the whole log)
@@ -42,32 +41,61 @@ _FIRST_AND_LAST_PROGRESS = (
 )
 
 
+def trigger_counters(con: sqlite3.Connection) -> dict[str, dict[tuple[str, str], tuple[int, int]]] | None:
+    """The trigger-kept counters (schema.py) by table: {(state, reason key): (rows, bytes)}; None
+    on a checkpoint no writer of this version has opened yet (then the rows are counted)."""
+    try:
+        if con.execute("SELECT 1 FROM meta WHERE key = ?", (STATE_COUNTS_META,)).fetchone() is None:
+            return None
+        rows = con.execute("SELECT tbl, state, reason, n, bytes FROM state_counts WHERE n != 0").fetchall()
+    except sqlite3.OperationalError:  # no such table: an old checkpoint
+        return None
+    out: dict[str, dict[tuple[str, str], tuple[int, int]]] = {}
+    for tbl, state, reason, n, nbytes in rows:
+        out.setdefault(tbl, {})[(state, reason)] = (n, nbytes)
+    return out
+
+
+def row_counters(con: sqlite3.Connection) -> dict[str, dict[tuple[str, str], tuple[int, int]]]:
+    """The same counters from the rows (old checkpoints; O(rows))."""
+    out: dict[str, dict[tuple[str, str], tuple[int, int]]] = {}
+    for table in ("candidates", "images"):
+        out[table] = {(state, reason): (n, nbytes) for state, reason, n, nbytes in con.execute(
+            f"SELECT state, {_REASON_KEY}, count(*), coalesce(sum({'bytes' if table == 'images' else 0}), 0)"
+            f" FROM {table} GROUP BY 1, 2")}
+    out["verdicts"] = {(str(keep), ""): (n, 0) for keep, n in con.execute("SELECT keep, count(*) FROM verdicts GROUP BY 1")}
+    kept_duplicates = con.execute(
+        "SELECT count(*) FROM images i JOIN verdicts v ON v.sha256 = i.sha256 WHERE i.state = 'rejected'"
+        " AND i.reason LIKE 'near_duplicate_of:%' AND v.keep=1").fetchone()[0]
+    out["kept_duplicates"] = {("", ""): (kept_duplicates, 0)}
+    return out
+
+
 def status_counts(con: sqlite3.Connection) -> dict[str, Any]:
     """Counts by state and reason for every table, plus rates from the progress log."""
+    counts = trigger_counters(con) or row_counters(con)
 
     def grouped(table: str) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for state, reason, n in con.execute(
-            f"SELECT state, coalesce({_REASON_KEY}, ''), count(*) FROM {table} GROUP BY 1, 2 ORDER BY 3 DESC"
-        ):
-            key = f"{state}:{reason}" if reason else state
-            out[key] = n
-        return out
+        pairs = sorted(counts.get(table, {}).items(), key=lambda kv: -kv[1][0])
+        return {f"{state}:{reason}" if reason else state: n for (state, reason), (n, _b) in pairs}
 
     def by_state(table: str) -> dict[str, int]:
-        return {s: n for s, n in con.execute(f"SELECT state, count(*) FROM {table} GROUP BY 1")}
+        out: dict[str, int] = {}
+        for (state, _r), (n, _b) in counts.get(table, {}).items():
+            out[state] = out.get(state, 0) + n
+        return out
 
     reasons: dict[str, int] = {}
     for table in ("candidates", "images"):
-        for reason, n in con.execute(
-            f"SELECT {_REASON_KEY}, count(*) FROM {table} WHERE reason IS NOT NULL AND state != 'done' GROUP BY 1"
-        ):
-            reasons[reason] = reasons.get(reason, 0) + n
-    # every count below reads an index (schema.py), never the wide rows: fast at 1M candidates
-    kept = con.execute("SELECT count(*) FROM verdicts WHERE keep=1").fetchone()[0]
-    kept_duplicates = con.execute(
-        "SELECT count(*) FROM images i JOIN verdicts v ON v.sha256 = i.sha256 WHERE i.state = 'rejected'"
-        " AND i.reason >= 'near_duplicate_of:' AND i.reason < 'near_duplicate_of;' AND v.keep=1").fetchone()[0]
+        for (state, reason), (n, _b) in counts.get(table, {}).items():
+            if reason and state != "done":
+                reasons[reason] = reasons.get(reason, 0) + n
+    verdicts = counts.get("verdicts", {})
+    kept = verdicts.get(("1", ""), (0, 0))[0]
+    kept_duplicates = counts.get("kept_duplicates", {}).get(("", ""), (0, 0))[0]
+    searches = {(state, reason): (n, 0) for state, reason, n in con.execute(
+        f"SELECT state, {_REASON_KEY}, count(*) FROM searches GROUP BY 1, 2")}
+    counts["searches"] = searches
     out: dict[str, Any] = {
         "queries": con.execute("SELECT count(*) FROM queries").fetchone()[0],
         "searches": {"by_state": by_state("searches"), "by_reason": grouped("searches")},
@@ -78,8 +106,8 @@ def status_counts(con: sqlite3.Connection) -> dict[str, Any]:
         # since, so "kept" and the images done agree (those duplicates are counted apart)
         "kept": kept - kept_duplicates,
         "kept_duplicates": kept_duplicates,
-        "rejected_by_classifier": con.execute("SELECT count(*) FROM verdicts WHERE keep=0").fetchone()[0],
-        "stored_bytes": con.execute("SELECT coalesce(sum(bytes), 0) FROM images").fetchone()[0],
+        "rejected_by_classifier": verdicts.get(("0", ""), (0, 0))[0],
+        "stored_bytes": sum(b for _n, b in counts.get("images", {}).values()),
     }
     run = con.execute("SELECT id, state, started_at, finished_at FROM runs ORDER BY id DESC LIMIT 1").fetchone()
     if run:

@@ -540,9 +540,11 @@ _SQL_CANDIDATE_DONE = (
     "UPDATE candidates SET state='done', reason=NULL, sha256=?, final_url=?, attempts=?, updated_at=? WHERE id=?"
 )
 _SQL_CANDIDATE_FAILED = "UPDATE candidates SET state=?, reason=?, attempts=?, updated_at=? WHERE id=?"
+# an upsert, never INSERT OR REPLACE: a REPLACE would delete the old row without its trigger (schema.py)
 _SQL_INSERT_VERDICT = (
-    "INSERT OR REPLACE INTO verdicts(sha256, keep, reason, top5, embedding, model, created_at)"
-    " VALUES (?,?,?,?,?,?,?)"
+    "INSERT INTO verdicts(sha256, keep, reason, top5, embedding, model, created_at) VALUES (?,?,?,?,?,?,?)"
+    " ON CONFLICT(sha256) DO UPDATE SET keep=excluded.keep, reason=excluded.reason, top5=excluded.top5,"
+    " embedding=excluded.embedding, model=excluded.model, created_at=excluded.created_at"
 )
 _SQL_INSERT_HASHES = "INSERT OR REPLACE INTO image_hashes(sha256, hashes, width, height) VALUES (?,?,?,?)"
 _SQL_IMAGE_CLASSIFIED = (
