@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from helpers import assert_status_counters_match_rows
+from PIL import Image
 from test_export_helpers import Shot, build_crawl, copies, vehicle_photos
 
 from carcrawl.classify import ClassifySettings, load_classifier

@@ -21,7 +21,14 @@ from pathlib import Path
 
 import pytest
 import ray  # noqa: F401  (the test extra installs it; a missing Ray must fail here, not skip)
-from helpers import IMAGES, assert_status_counters_match_rows, carcrawl_cmd, crawl_settings, image_shas, sandbox_in_thread
+from helpers import (
+    IMAGES,
+    assert_status_counters_match_rows,
+    carcrawl_cmd,
+    crawl_settings,
+    image_shas,
+    sandbox_in_thread,
+)
 
 from carcrawl.models import Labels
 from carcrawl.pipeline import Job, Pipeline

@@ -12,7 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import IMAGES, assert_status_counters_match_rows, carcrawl_cmd, crawl_settings, image_shas, sandbox_in_thread
+from helpers import (
+    IMAGES,
+    assert_status_counters_match_rows,
+    carcrawl_cmd,
+    crawl_settings,
+    image_shas,
+    sandbox_in_thread,
+)
 
 from carcrawl.models import Labels, Query
 from carcrawl.pipeline import Job, Pipeline

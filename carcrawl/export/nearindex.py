@@ -140,10 +140,7 @@ def _kernel() -> object:
                         p = b + 6 * j
                         if p >= 128:  # bands 2..5 have only 21 bits
                             break
-                        if p < 64:
-                            bit = (a >> np.uint64(p)) & one
-                        else:
-                            bit = (c >> np.uint64(p - 64)) & one
+                        bit = (a >> np.uint64(p)) & one if p < 64 else (c >> np.uint64(p - 64)) & one
                         k |= bit << np.uint64(j)
                     out[b, i] = np.uint32(k)
 
