@@ -242,9 +242,12 @@ def find_near_duplicates(target: str | Path) -> DedupResult:
         hashed, unreadable = _hash_missing(db)
         indexed, new_pairs = index_new_images(db)
         pairs = list(db.near_pairs())
-        members = {m.sha256: m for m in db.dedup_members({s for a, b, _d in pairs for s in (a, b)}, sources=False)}
-        pairs = [p for p in pairs if p[0] in members and p[1] in members]
-        found = clusters(members, pairs, _cosines(db, pairs), db.dedup_members)
+        cosines = _cosines(db, pairs)
+        near = [(p, c) for p, c in zip(pairs, cosines, strict=True) if is_near(p[2], c)]
+        # only the images of near pairs are looked up (a random read each): the members among them
+        members = {m.sha256: m for m in db.dedup_members({s for (a, b, _d), _c in near for s in (a, b)}, sources=False)}
+        near = [(p, c) for p, c in near if p[0] in members and p[1] in members]
+        found = clusters(members, [p for p, _c in near], [c for _p, c in near], db.dedup_members)
         db.replace_near_duplicates(found)
         checked = db.count_dedup_members()
     n_clusters = len({c for _s, c, _b, _d in found})
