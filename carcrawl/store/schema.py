@@ -76,24 +76,33 @@ def _near_duplicate_image(sha: str) -> str:
             " AND reason LIKE 'near_duplicate_of:%')")
 
 
+def counted_state(col: str) -> str:
+    """A candidate's state as counted: ``in_flight`` under ``pending`` (the crawl moves every URL
+    through it and back, two counter writes each way; status counts the few in flight by index)."""
+    return f"CASE {col} WHEN 'in_flight' THEN 'pending' ELSE {col} END"
+
+
 def _count(tbl: str, row: str, delta: str, nbytes: str = "0") -> str:
     """One trigger statement: add ``delta`` to the (tbl, state, reason) counter of ``row``."""
-    state = f"CAST({row}.keep AS TEXT)" if tbl == "verdicts" else f"{row}.state"
+    state = {"verdicts": f"CAST({row}.keep AS TEXT)", "candidates": counted_state(f"{row}.state")}.get(tbl, f"{row}.state")
     reason = "''" if tbl == "verdicts" else reason_key(f"{row}.reason")
     return (f"INSERT INTO state_counts(tbl, state, reason, n, bytes) VALUES ('{tbl}', {state}, {reason},"
             f" {delta}, {delta} * {nbytes}) ON CONFLICT(tbl, state, reason) DO UPDATE SET"
             " n = n + excluded.n, bytes = bytes + excluded.bytes;")
 
 
-def _kept_duplicates_add(delta: str, where: str) -> str:
+def _kept_duplicates_add(delta: str, where: str = "1") -> str:
     return f"UPDATE state_counts SET n = n + ({delta}) WHERE tbl = 'kept_duplicates' AND {where};"
 
+
+_NEAR_OLD, _NEAR_NEW = "OLD.reason LIKE 'near_duplicate_of:%'", "NEW.reason LIKE 'near_duplicate_of:%'"
 
 #: Counters of rows by (table, state, reason key), kept by triggers in the same transaction as
 #: the rows, so ``carcrawl status`` reads a few dozen rows instead of grouping 1M candidates
 #: (3 s at 850k images). Verdicts are counted by ``keep``; ``kept_duplicates`` counts the
-#: near-duplicate copies whose verdict kept them. Rows are never REPLACEd in these tables (a
-#: REPLACE deletes without firing the delete trigger): verdicts are upserted.
+#: near-duplicate copies whose verdict kept them (triggers of their own, whose WHEN spares every
+#: other row the look-up). Rows are never REPLACEd in these tables (a REPLACE deletes without
+#: firing the delete trigger): verdicts are upserted.
 STATE_COUNTS_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS state_counts(
   tbl TEXT NOT NULL, state TEXT NOT NULL, reason TEXT NOT NULL, n INTEGER NOT NULL, bytes INTEGER NOT NULL,
@@ -103,28 +112,36 @@ CREATE TRIGGER IF NOT EXISTS candidates_count_insert AFTER INSERT ON candidates 
 CREATE TRIGGER IF NOT EXISTS candidates_count_delete AFTER DELETE ON candidates BEGIN
   {_count("candidates", "OLD", "-1")} END;
 CREATE TRIGGER IF NOT EXISTS candidates_count_update AFTER UPDATE OF state, reason ON candidates
-  WHEN OLD.state IS NOT NEW.state OR OLD.reason IS NOT NEW.reason BEGIN
+  WHEN {counted_state("OLD.state")} IS NOT {counted_state("NEW.state")} OR OLD.reason IS NOT NEW.reason BEGIN
   {_count("candidates", "OLD", "-1")} {_count("candidates", "NEW", "1")} END;
 CREATE TRIGGER IF NOT EXISTS images_count_insert AFTER INSERT ON images BEGIN
-  {_count("images", "NEW", "1", "NEW.bytes")}
-  {_kept_duplicates_add("1", _kept_duplicate("NEW"))} END;
+  {_count("images", "NEW", "1", "NEW.bytes")} END;
 CREATE TRIGGER IF NOT EXISTS images_count_delete AFTER DELETE ON images BEGIN
-  {_count("images", "OLD", "-1", "OLD.bytes")}
-  {_kept_duplicates_add("-1", _kept_duplicate("OLD"))} END;
+  {_count("images", "OLD", "-1", "OLD.bytes")} END;
 CREATE TRIGGER IF NOT EXISTS images_count_update AFTER UPDATE OF state, reason, bytes ON images
   WHEN OLD.state IS NOT NEW.state OR OLD.reason IS NOT NEW.reason OR OLD.bytes IS NOT NEW.bytes BEGIN
-  {_count("images", "OLD", "-1", "OLD.bytes")} {_count("images", "NEW", "1", "NEW.bytes")}
+  {_count("images", "OLD", "-1", "OLD.bytes")} {_count("images", "NEW", "1", "NEW.bytes")} END;
+CREATE TRIGGER IF NOT EXISTS images_kept_duplicates_insert AFTER INSERT ON images WHEN {_kept_duplicate("NEW")} BEGIN
+  {_kept_duplicates_add("1")} END;
+CREATE TRIGGER IF NOT EXISTS images_kept_duplicates_delete AFTER DELETE ON images WHEN {_kept_duplicate("OLD")} BEGIN
+  {_kept_duplicates_add("-1")} END;
+CREATE TRIGGER IF NOT EXISTS images_kept_duplicates_update AFTER UPDATE OF state, reason ON images
+  WHEN {_NEAR_OLD} OR {_NEAR_NEW} BEGIN
   {_kept_duplicates_add("-1", _kept_duplicate("OLD"))} {_kept_duplicates_add("1", _kept_duplicate("NEW"))} END;
 CREATE TRIGGER IF NOT EXISTS verdicts_count_insert AFTER INSERT ON verdicts BEGIN
-  {_count("verdicts", "NEW", "1")}
-  {_kept_duplicates_add("NEW.keep = 1", _near_duplicate_image("NEW.sha256"))} END;
+  {_count("verdicts", "NEW", "1")} END;
 CREATE TRIGGER IF NOT EXISTS verdicts_count_delete AFTER DELETE ON verdicts BEGIN
-  {_count("verdicts", "OLD", "-1")}
-  {_kept_duplicates_add("-(OLD.keep = 1)", _near_duplicate_image("OLD.sha256"))} END;
+  {_count("verdicts", "OLD", "-1")} END;
 CREATE TRIGGER IF NOT EXISTS verdicts_count_update AFTER UPDATE OF keep ON verdicts
   WHEN OLD.keep IS NOT NEW.keep BEGIN
-  {_count("verdicts", "OLD", "-1")} {_count("verdicts", "NEW", "1")}
-  {_kept_duplicates_add("(NEW.keep = 1) - (OLD.keep = 1)", _near_duplicate_image("NEW.sha256"))} END;
+  {_count("verdicts", "OLD", "-1")} {_count("verdicts", "NEW", "1")} END;
+CREATE TRIGGER IF NOT EXISTS verdicts_kept_duplicates_insert AFTER INSERT ON verdicts
+  WHEN NEW.keep = 1 AND {_near_duplicate_image("NEW.sha256")} BEGIN {_kept_duplicates_add("1")} END;
+CREATE TRIGGER IF NOT EXISTS verdicts_kept_duplicates_delete AFTER DELETE ON verdicts
+  WHEN OLD.keep = 1 AND {_near_duplicate_image("OLD.sha256")} BEGIN {_kept_duplicates_add("-1")} END;
+CREATE TRIGGER IF NOT EXISTS verdicts_kept_duplicates_update AFTER UPDATE OF keep ON verdicts
+  WHEN OLD.keep IS NOT NEW.keep AND {_near_duplicate_image("NEW.sha256")} BEGIN
+  {_kept_duplicates_add("(NEW.keep = 1) - (OLD.keep = 1)")} END;
 """
 
 STATE_COUNTS_META = "state_counts"  # meta key, set once the counters hold every row
@@ -135,7 +152,7 @@ BACKFILL_STATE_COUNTS = f"""
 BEGIN IMMEDIATE;
 DELETE FROM state_counts;
 INSERT INTO state_counts(tbl, state, reason, n, bytes)
-  SELECT 'candidates', state, {reason_key("reason")}, count(*), 0 FROM candidates GROUP BY 2, 3;
+  SELECT 'candidates', {counted_state("state")}, {reason_key("reason")}, count(*), 0 FROM candidates GROUP BY 2, 3;
 INSERT INTO state_counts(tbl, state, reason, n, bytes)
   SELECT 'images', state, {reason_key("reason")}, count(*), coalesce(sum(bytes), 0) FROM images GROUP BY 2, 3;
 INSERT INTO state_counts(tbl, state, reason, n, bytes)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from carcrawl.errors import CheckpointError
-from carcrawl.store.schema import APPLICATION_ID, STATE_COUNTS_META, reason_key
+from carcrawl.store.schema import APPLICATION_ID, STATE_COUNTS_META, counted_state, reason_key
 
 
 def open_readonly(path: str | Path) -> sqlite3.Connection:
@@ -42,8 +42,9 @@ _FIRST_AND_LAST_PROGRESS = (
 
 
 def trigger_counters(con: sqlite3.Connection) -> dict[str, dict[tuple[str, str], tuple[int, int]]] | None:
-    """The trigger-kept counters (schema.py) by table: {(state, reason key): (rows, bytes)}; None
-    on a checkpoint no writer of this version has opened yet (then the rows are counted)."""
+    """The trigger-kept counters (schema.py) by table: {(state, reason key): (rows, bytes)}, with
+    candidates in flight counted as pending; None on a checkpoint no writer of this version has
+    opened yet (then the rows are counted)."""
     try:
         if con.execute("SELECT 1 FROM meta WHERE key = ?", (STATE_COUNTS_META,)).fetchone() is None:
             return None
@@ -59,10 +60,10 @@ def trigger_counters(con: sqlite3.Connection) -> dict[str, dict[tuple[str, str],
 def row_counters(con: sqlite3.Connection) -> dict[str, dict[tuple[str, str], tuple[int, int]]]:
     """The same counters from the rows (old checkpoints; O(rows))."""
     out: dict[str, dict[tuple[str, str], tuple[int, int]]] = {}
-    for table in ("candidates", "images"):
-        out[table] = {(state, reason): (n, nbytes) for state, reason, n, nbytes in con.execute(
-            f"SELECT state, {_REASON_KEY}, count(*), coalesce(sum({'bytes' if table == 'images' else 0}), 0)"
-            f" FROM {table} GROUP BY 1, 2")}
+    out["candidates"] = {(state, reason): (n, 0) for state, reason, n in con.execute(
+        f"SELECT {counted_state('state')}, {_REASON_KEY}, count(*) FROM candidates GROUP BY 1, 2")}
+    out["images"] = {(state, reason): (n, nbytes) for state, reason, n, nbytes in con.execute(
+        f"SELECT state, {_REASON_KEY}, count(*), coalesce(sum(bytes), 0) FROM images GROUP BY 1, 2")}
     out["verdicts"] = {(str(keep), ""): (n, 0) for keep, n in con.execute("SELECT keep, count(*) FROM verdicts GROUP BY 1")}
     kept_duplicates = con.execute(
         "SELECT count(*) FROM images i JOIN verdicts v ON v.sha256 = i.sha256 WHERE i.state = 'rejected'"
@@ -74,6 +75,15 @@ def row_counters(con: sqlite3.Connection) -> dict[str, dict[tuple[str, str], tup
 def status_counts(con: sqlite3.Connection) -> dict[str, Any]:
     """Counts by state and reason for every table, plus rates from the progress log."""
     counts = trigger_counters(con) or row_counters(con)
+    # candidates in flight are counted as pending there; the few there are, by index
+    cands = counts.setdefault("candidates", {})
+    for reason, n in con.execute(f"SELECT {_REASON_KEY}, count(*) FROM candidates WHERE state = 'in_flight' GROUP BY 1"):
+        left = cands.get(("pending", reason), (0, 0))[0] - n
+        if left:
+            cands[("pending", reason)] = (left, 0)
+        else:
+            cands.pop(("pending", reason), None)
+        cands[("in_flight", reason)] = (n, 0)
 
     def grouped(table: str) -> dict[str, int]:
         pairs = sorted(counts.get(table, {}).items(), key=lambda kv: -kv[1][0])
