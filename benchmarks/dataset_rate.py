@@ -41,7 +41,7 @@ FORMATS = ("imagefolder", "hf", "webdataset", "parquet")
 MISSION = 850_000
 
 
-async def _build(out: Path, n: int) -> None:
+async def _build(out: Path, n: int, file_bytes: int = 9000) -> None:
     from carcrawl.models import Candidate, Labels, Prediction, Query, Verdict
     from carcrawl.store import Store, StoredImage
 
@@ -76,7 +76,7 @@ async def _build(out: Path, n: int) -> None:
             k = int(t.url.rsplit("/", 1)[1].split(".")[0])
             sha = hashlib.sha256(str(k).encode()).hexdigest()
             store.record_fetched(t.candidate_id, sha256=sha, final_url=t.url, attempts=1,
-                                 image=StoredImage(sha, f"images/{sha[:2]}/{sha[2:4]}/{sha}.jpg", "jpeg"), size=9000)
+                                 image=StoredImage(sha, f"images/{sha[:2]}/{sha[2:4]}/{sha}.jpg", "jpeg"), size=file_bytes)
             if not t.url.endswith("?m"):
                 verdicts.append(Verdict(sha256=sha, keep=k % 9 != 0, reason="vehicle:car" if k % 9 else "not_vehicle:dog",
                                         top5=tuple(Prediction(f"label{j}", 0.5 / (j + 1), j) for j in range(5)),
@@ -87,16 +87,16 @@ async def _build(out: Path, n: int) -> None:
     await store.close()
 
 
-def build(out: Path, n: int, files: bool) -> None:
+def build(out: Path, n: int, files: bool, file_bytes: int = 9000) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    asyncio.run(_build(out, n))
+    asyncio.run(_build(out, n, file_bytes))
     from carcrawl.review import import_marks
 
     marks = {hashlib.sha256(str(k).encode()).hexdigest(): ("wrong" if k % 2 else "right") for k in range(0, n, 997)}
     (out.parent / "marks.json").write_text(json.dumps(marks))
     import_marks(out, out.parent / "marks.json")
     if files:
-        body = b"\xff\xd8\xff\xe0" + os.urandom(9000 - 6) + b"\xff\xd9"
+        body = b"\xff\xd8\xff\xe0" + os.urandom(file_bytes - 6) + b"\xff\xd9"
         for k in range(n):
             sha = hashlib.sha256(str(k).encode()).hexdigest()
             d = out / "images" / sha[:2] / sha[2:4]
@@ -144,6 +144,8 @@ def main() -> None:
     ap.add_argument("--formats", default=",".join(FORMATS))
     ap.add_argument("--no-report", action="store_true")
     ap.add_argument("--no-files", action="store_true", help="rows only (Parquet, splits and report need no files)")
+    ap.add_argument("--file-kb", type=int, default=9, help="bytes of each image file in KB (the mission's are ~9 KB; "
+                    "the reference job's photos ~460 KB)")
     ap.add_argument("--keep", type=Path, help="build the checkpoint in this folder and keep it")
     ap.add_argument("--reuse", type=Path, help="measure an existing folder made by --keep")
     ap.add_argument("--build-only", action="store_true")
@@ -156,7 +158,7 @@ def main() -> None:
     try:
         if not args.reuse:
             t = time.perf_counter()
-            build(out, args.size, not args.no_files)
+            build(out, args.size, not args.no_files, args.file_kb * 1000)
             print(f"built {args.size} images in {time.perf_counter() - t:.1f} s: {out}", flush=True)
         if args.build_only:
             return
