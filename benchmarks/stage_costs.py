@@ -104,6 +104,7 @@ async def file_rate(bodies: list[bytes], count: int) -> dict[str, float]:
     await asyncio.gather(*(files.write(shas[i], "jpeg", bodies[i % len(bodies)]) for i in range(count)))
     await files.drain()
     elapsed = time.perf_counter() - start
+    await files.close()
     nbytes = sum(len(bodies[i % len(bodies)]) for i in range(count))
     remove(out)
     return {"files_per_s": count / elapsed, "mb_per_s": nbytes / 1e6 / elapsed}

@@ -44,6 +44,7 @@ from _common import (  # noqa: E402
     carcrawl_config,
     carcrawl_fetch_cmd,
     carcrawl_json,
+    compile_checkout,
     files_under,
     fmt_table,
     remove,
@@ -173,6 +174,7 @@ def main() -> None:
                    help="where the three write their files (e.g. /dev/shm to take the disk out of it)")
     a = p.parse_args()
 
+    compile_checkout()
     why_not = i2d_available(install=not a.no_install)
     if why_not:
         print(f"img2dataset skipped: {why_not}", file=sys.stderr)

@@ -507,6 +507,7 @@ class DownloadStage:
     async def _stored(self, fetched: Fetched, attempts: int, label: str = "") -> None:
         image = await self.files.write(None, fetched.format, fetched.body)
         sha = image.sha256
+        duplicate = sha in self._recent_shas
         self.store.record_fetched(
             fetched.candidate_id,
             sha256=sha,
@@ -514,10 +515,12 @@ class DownloadStage:
             attempts=attempts,
             image=image,
             size=len(fetched.body),
+            # no classifier: the image row is written in its final state (one statement, not two)
+            unclassified="classify_disabled" if self.classify_queue is None and not duplicate else None,
         )
         self.stats.inc("fetched")
         self.stats.inc("bytes", len(fetched.body))
-        if sha in self._recent_shas:
+        if duplicate:
             self.stats.inc("duplicates")
             return
         self._recent_shas[sha] = None
@@ -527,6 +530,4 @@ class DownloadStage:
             self.quota.stored(label)
         if self.classify_queue is not None:
             await self.classify_queue.put(ClassifyItem(sha, fetched.body))
-        else:
-            self.store.mark_images_unclassified((sha,))
 

@@ -1,7 +1,9 @@
 """Content-addressed image files: ``images/ab/cd/<sha256>.<ext>``, written to a temp name and
 renamed, so identical bytes are stored once and a kill never leaves a half-written file under a
 real name. Writes are batched into one thread hop per batch (not one per file): at thousands of
-images per second the hop, not the disk, is what costs.
+images per second the hop, not the disk, is what costs. The batches run on the store's own two
+threads, not the loop's default executor: more threads creating and renaming files in the one
+temp folder at once cost more kernel time (lock contention on that folder) than they gain.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hashlib
 import os
 import re
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,16 +42,24 @@ class _Pending:
 
 
 class ImageFiles:
-    """Batches file writes: ``await write(...)`` resolves once the bytes are renamed into place."""
+    """Batches file writes: ``await write(...)`` resolves once the bytes are renamed into place.
 
-    def __init__(self, out_dir: Path, batch: int = 64, linger: float = 0.005):
+    The writes run on ``threads`` threads of the store's own (started on the first write);
+    :meth:`close` waits for what is being written and ends them."""
+
+    def __init__(self, out_dir: Path, batch: int = 64, linger: float = 0.005, threads: int = 2):
         self.out_dir = Path(out_dir)
         self.tmp = self.out_dir / "images" / TMP_DIR
         self.batch = batch
         self.linger = linger
+        self.threads = threads
         self._pending: list[_Pending] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         self._writing: set[asyncio.Task[None]] = set()
+        self._executor: ThreadPoolExecutor | None = None
+        # image folders known to exist (made or met by a write): a batch skips their mkdir; a
+        # folder removed meanwhile is made again when the rename into it fails
+        self._folders: set[Path] = set()
 
     def prepare(self) -> int:
         """Create folders and remove temp files a killed run left behind. Returns how many."""
@@ -81,9 +92,15 @@ class ImageFiles:
             self._writing.add(task)
             task.add_done_callback(self._writing.discard)
 
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="carcrawl-files")
+        return self._executor
+
     async def _flush(self, items: list[_Pending]) -> None:
         try:
-            results = await asyncio.to_thread(self._write_batch, [(i.sha256, i.fmt, i.body) for i in items])
+            batch = [(i.sha256, i.fmt, i.body) for i in items]
+            results = await asyncio.get_running_loop().run_in_executor(self._pool(), self._write_batch, batch)
         except BaseException as e:  # noqa: BLE001 - hand the error to every waiter
             err = e if isinstance(e, Exception) else RuntimeError(str(e))
             for i in items:
@@ -96,21 +113,27 @@ class ImageFiles:
 
     def _write_batch(self, items: list[tuple[str | None, str, bytes]]) -> list[StoredImage]:
         out = []
-        made: set[Path] = set()
+        folders = self._folders  # shared by the writer threads: a race costs one extra mkdir
         for given, fmt, body in items:
             sha = given or hashlib.sha256(body).hexdigest()
             rel = relative_path(sha, fmt)
             final = self.out_dir / rel
-            if not final.exists():
+            if not final.exists():  # the same bytes are stored once (and a stat is cheap)
                 parent = final.parent
-                if parent not in made:
+                if parent not in folders:
                     parent.mkdir(parents=True, exist_ok=True)
-                    made.add(parent)
+                    folders.add(parent)
                 tmp = self.tmp / f"{sha}.{uuid.uuid4().hex[:8]}.part"
                 try:
                     with open(tmp, "wb") as f:
                         f.write(body)
-                    os.replace(tmp, final)
+                    try:
+                        os.replace(tmp, final)
+                    except FileNotFoundError:  # its folder was removed since it was made
+                        if not tmp.exists():
+                            raise
+                        parent.mkdir(parents=True, exist_ok=True)
+                        os.replace(tmp, final)
                 except OSError as e:
                     tmp.unlink(missing_ok=True)
                     if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -126,6 +149,13 @@ class ImageFiles:
         self._start_flush()
         while self._writing:
             await asyncio.gather(*list(self._writing), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Write what is waiting, then end the writer threads (a later write starts new ones)."""
+        await self.drain()
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)  # nothing is left to run: this only joins idle threads
 
     def read(self, rel_path: str) -> bytes:
         return (self.out_dir / rel_path).read_bytes()

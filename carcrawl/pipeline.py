@@ -111,12 +111,12 @@ class Pipeline:
         state = "failed"
         reason: str | None = None
         run_id = 0
+        files = ImageFiles(out)
         try:
             recovered = await store.recover()
             if any(recovered.values()):
                 self.on_event("recovered", recovered)
             run_id = await store.start_run(self.command, _settings_json(s))
-            files = ImageFiles(out)
             removed = await asyncio.to_thread(files.prepare)
             if removed:
                 self.on_event("temp_removed", removed)
@@ -135,7 +135,7 @@ class Pipeline:
         finally:
             # the last commit and the close run to their end even if a second Ctrl-C cancels us
             # meanwhile: an open aiosqlite connection is a live thread, which would hang the exit
-            closing = asyncio.ensure_future(self._close(store, run_id, state, reason))
+            closing = asyncio.ensure_future(self._close(store, files, run_id, state, reason))
             try:
                 await asyncio.shield(closing)
             except asyncio.CancelledError:
@@ -145,7 +145,9 @@ class Pipeline:
         status = await asyncio.to_thread(_read_status, s.checkpoint_path)
         return RunResult(state, run_id, self.stats.snapshot()["elapsed_s"], self.stats.snapshot(), status, self.classifier_name)  # type: ignore[arg-type]
 
-    async def _close(self, store: Store, run_id: int, state: str, reason: str | None) -> None:
+    async def _close(self, store: Store, files: ImageFiles, run_id: int, state: str, reason: str | None) -> None:
+        with contextlib.suppress(Exception):
+            await files.close()  # the writes still under way end (their threads too) before the last commit
         with contextlib.suppress(Exception):
             store.record_progress(run_id, *self._progress_numbers())
             # the stages are over, so nothing is in flight: what is still marked so (queued,

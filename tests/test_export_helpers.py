@@ -140,3 +140,4 @@ async def _build(out: Path, shots: list[Shot], bodytype_hits: dict[tuple[str, st
     store.record_verdicts(verdicts.values())
     await store.finish_run(run, "finished")
     await store.close()
+    await files.close()

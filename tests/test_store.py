@@ -146,4 +146,33 @@ async def test_status_counters_follow_every_change_and_an_old_checkpoint_is_coun
     await (await Store.open(path)).close()  # the next writer counts once, then keeps counting
     assert_status_counters_match_rows(path)
     assert status_counts(open_readonly(path)) == before
+
+
+async def test_unclassified_images_are_written_in_their_final_state(tmp_path: Path) -> None:
+    """Classification off: the image row is ``done``/``classify_disabled`` at once; an image an
+    earlier run left waiting for a verdict is marked so too; one that has its verdict keeps it."""
+    path = tmp_path / "c.sqlite"
+    store = await Store.open(path)
+    for i in range(4):
+        store.add_url_candidate(f"http://x.example/{i}.jpg", f"k{i}", Labels(category="cat"))
+    await store.flush()
+    todo = await store.next_candidates(0, 10)
+    new, waiting, judged = "a1" * 32, "b2" * 32, "c3" * 32
+    # an earlier run (classification on) stored two images: one got its verdict, one did not
+    for t, sha in ((todo[0], waiting), (todo[1], judged)):
+        store.record_fetched(t.candidate_id, sha256=sha, final_url=t.url, attempts=1,
+                             image=StoredImage(sha, f"images/{sha[:2]}/{sha[2:4]}/{sha}.jpg", "jpeg"), size=10)
+    store.record_verdicts([Verdict(sha256=judged, keep=False, reason="not_vehicle", model="m")])
+    await store.flush()
+    # this run fetches a new image and the same bytes as both earlier ones, classification off
+    for t, sha in ((todo[2], new), (todo[3], waiting), (todo[3], judged)):
+        store.record_fetched(t.candidate_id, sha256=sha, final_url=t.url, attempts=1,
+                             image=StoredImage(sha, f"images/{sha[:2]}/{sha[2:4]}/{sha}.jpg", "jpeg"), size=10,
+                             unclassified="classify_disabled")
+    await store.close()
+    con = sqlite3.connect(path)
+    rows = {sha: (state, reason) for sha, state, reason in con.execute("SELECT sha256, state, reason FROM images")}
+    assert rows == {new: ("done", "classify_disabled"), waiting: ("done", "classify_disabled"),
+                    judged: ("rejected", "not_vehicle")}
+    assert con.execute("SELECT count(*) FROM candidates WHERE state='done'").fetchone()[0] == 4
     con.close()

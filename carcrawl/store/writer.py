@@ -440,12 +440,21 @@ class Store:
         return bool(list(rows))
 
     def record_fetched(
-        self, candidate_id: int, *, sha256: str, final_url: str, attempts: int, image: StoredImage, size: int
+        self, candidate_id: int, *, sha256: str, final_url: str, attempts: int, image: StoredImage, size: int,
+        unclassified: str | None = None,
     ) -> None:
+        """A stored image and its candidate done. The image waits for a verdict (``pending``),
+        unless ``unclassified`` gives the reason it will get none (classification is off): then
+        it is written ``done`` with that reason at once, in the same statement (an image already
+        known and still ``pending`` is marked so too; one with a verdict is left as it is)."""
         now = time.time()
-        self._write(
-            _SQL_INSERT_IMAGE, (image.sha256, image.path, image.format, size, candidate_id, now)
-        )
+        if unclassified is None:
+            self._write(_SQL_INSERT_IMAGE, (image.sha256, image.path, image.format, size, candidate_id, now))
+        else:
+            self._write(
+                _SQL_INSERT_IMAGE_UNCLASSIFIED,
+                (image.sha256, image.path, image.format, size, candidate_id, now, unclassified),
+            )
         self._write(_SQL_CANDIDATE_DONE, (sha256, final_url, attempts, now, candidate_id))
 
     def record_failure(self, candidate_id: int, reason: str, attempts: int, state: str = "failed") -> None:
@@ -472,10 +481,6 @@ class Store:
                 _SQL_IMAGE_CLASSIFIED,
                 ("done" if v.keep else "rejected", v.reason, v.width, v.height, v.sha256),
             )
-
-    def mark_images_unclassified(self, shas: Iterable[str], reason: str = "classify_disabled") -> None:
-        for sha in shas:
-            self._write(_SQL_IMAGE_UNCLASSIFIED, (reason, sha))
 
     async def images_awaiting_verdict(self, after_sha: str, limit: int) -> list[StoredImage]:
         async with self._lock:
@@ -536,6 +541,12 @@ _SQL_CANDIDATE_IN_FLIGHT = "UPDATE candidates SET state='in_flight' WHERE id=? A
 _SQL_INSERT_IMAGE = (
     "INSERT OR IGNORE INTO images(sha256, path, format, bytes, candidate_id, created_at) VALUES (?,?,?,?,?,?)"
 )
+# the same, written in its final state when no verdict will come (classification off): one
+# statement where an insert and then an update (``state='done' ... WHERE state='pending'``) were two
+_SQL_INSERT_IMAGE_UNCLASSIFIED = (
+    "INSERT INTO images(sha256, path, format, bytes, candidate_id, created_at, state, reason) VALUES (?,?,?,?,?,?,'done',?)"
+    " ON CONFLICT(sha256) DO UPDATE SET state='done', reason=excluded.reason WHERE images.state='pending'"
+)
 _SQL_CANDIDATE_DONE = (
     "UPDATE candidates SET state='done', reason=NULL, sha256=?, final_url=?, attempts=?, updated_at=? WHERE id=?"
 )
@@ -550,7 +561,6 @@ _SQL_INSERT_HASHES = "INSERT OR REPLACE INTO image_hashes(sha256, hashes, width,
 _SQL_IMAGE_CLASSIFIED = (
     "UPDATE images SET state=?, reason=?, width=coalesce(?, width), height=coalesce(?, height) WHERE sha256=?"
 )
-_SQL_IMAGE_UNCLASSIFIED = "UPDATE images SET state='done', reason=? WHERE sha256=? AND state='pending'"
 _SQL_PROGRESS = (
     "INSERT INTO progress(ts, run_id, searched, fetched, failed, classified, bytes) VALUES (?,?,?,?,?,?,?)"
 )
@@ -558,7 +568,7 @@ _SQL_PROGRESS = (
 #: the order a batch's statements run in. A batch keeps one row list per statement (so it costs
 #: one ``executemany`` each), which is only correct when running them in this order gives what
 #: running the rows in write order would: new rows before the updates that may touch them (an
-#: image is inserted before it is classified or marked unclassified), and the ``in_flight`` marks
+#: image is inserted before it is classified), and the ``in_flight`` marks
 #: (which touch only ``pending`` rows) before the outcomes. Rows of one statement keep their order.
 _APPLY_ORDER = (
     _SQL_INSERT_CANDIDATE,
@@ -567,12 +577,12 @@ _APPLY_ORDER = (
     _SQL_CANDIDATE_IN_FLIGHT,
     _SQL_UPDATE_SEARCH,
     _SQL_INSERT_IMAGE,
+    _SQL_INSERT_IMAGE_UNCLASSIFIED,
     _SQL_CANDIDATE_DONE,
     _SQL_CANDIDATE_FAILED,
     _SQL_INSERT_VERDICT,
     _SQL_INSERT_HASHES,
     _SQL_IMAGE_CLASSIFIED,
-    _SQL_IMAGE_UNCLASSIFIED,
     _SQL_PROGRESS,
 )
 _RANK = {sql: i for i, sql in enumerate(_APPLY_ORDER)}
