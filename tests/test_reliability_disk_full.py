@@ -121,7 +121,8 @@ async def test_a_commit_that_fails_keeps_its_batch_and_the_next_commits_it(tmp_p
     from carcrawl.models import Labels
     from carcrawl.store import Store
 
-    with small_tmpfs(tmp_path / "mnt", "256k") as mnt:
+    # a fresh checkpoint (schema, counters and their triggers) takes ~120 KB, twice that in the WAL
+    with small_tmpfs(tmp_path / "mnt", "1m") as mnt:
         store = await Store.open(mnt / "c.sqlite", commit_rows=10**9)
         written = failed_at = 0
         while failed_at == 0:

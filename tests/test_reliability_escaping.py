@@ -106,7 +106,7 @@ def test_an_api_error_message_with_markup_is_shown_literally(tmp_path: Path, veh
 # ------------------------------------------------------------------------------------------- SQL
 #: names that may be formatted into SQL text: table names from fixed tuples, "?,?,?" placeholders,
 #: integer constants, constant SQL fragments (``DatasetDB._MEMBER``)
-SAFE_SQL_NAMES = {"table", "marks", "APPLICATION_ID", "SCHEMA_VERSION", "_REASON_KEY", "self._MEMBER"}
+SAFE_SQL_NAMES = {"table", "marks", "APPLICATION_ID", "SCHEMA_VERSION", "_REASON_KEY", "_COUNTED_STATE", "self._MEMBER"}
 SQL_START = re.compile(r"^\s*(SELECT|INSERT|UPDATE|DELETE|REPLACE|CREATE|DROP|ALTER|PRAGMA)\b", re.IGNORECASE)
 
 

@@ -278,26 +278,34 @@ class DatasetDB:
             " WHERE (i.state = 'done' OR i.reason LIKE 'near_duplicate_of:%' OR r.mark = 'right')"
             " AND coalesce(r.mark, '') != 'wrong'").fetchone()[0]
 
+    #: a cluster member's row, up to the list of sha256s it is among; with its sources and licence
+    #: ("+c.state": look candidates up by sha256, never scan them by state, O(n) per chunk)
+    _MEMBERS_WITH_SOURCES = (
+        "SELECT i.sha256, i.path, i.bytes, coalesce(i.width, h.width), coalesce(i.height, h.height),"
+        " group_concat(DISTINCT c.source), max(c.license IS NOT NULL AND c.license != '')"
+        " FROM images i LEFT JOIN image_hashes h ON h.sha256 = i.sha256"
+        " LEFT JOIN candidates c ON c.sha256 = i.sha256 AND +c.state = 'done'"
+        " LEFT JOIN reviews r ON r.sha256 = i.sha256"
+        " WHERE (i.state = 'done' OR i.reason LIKE 'near_duplicate_of:%' OR r.mark = 'right')"
+        " AND coalesce(r.mark, '') != 'wrong' AND i.sha256 IN (")
+    _MEMBERS = (
+        "SELECT i.sha256, i.path, i.bytes, coalesce(i.width, h.width), coalesce(i.height, h.height), NULL, 0"
+        " FROM images i LEFT JOIN image_hashes h ON h.sha256 = i.sha256"
+        " LEFT JOIN reviews r ON r.sha256 = i.sha256"
+        " WHERE (i.state = 'done' OR i.reason LIKE 'near_duplicate_of:%' OR r.mark = 'right')"
+        " AND coalesce(r.mark, '') != 'wrong' AND i.sha256 IN (")
+
     def dedup_members(self, shas: Iterable[str], *, sources: bool = True) -> list[DedupMember]:
         """What ranks the best member of a cluster, for the members among ``shas``. Without
         ``sources`` the candidates are not read (``sources=()``, ``licensed=False``): those
         look-ups are most of the cost, and only clusters whose largest members tie need them."""
         wanted = sorted(set(shas))
         rows = []
-        cands = ("group_concat(DISTINCT c.source), max(c.license IS NOT NULL AND c.license != '')" if sources
-                 else "NULL, 0")
-        # "+c.state": look candidates up by sha256, never scan them by state (O(n) per chunk)
-        join = " LEFT JOIN candidates c ON c.sha256 = i.sha256 AND +c.state = 'done'" if sources else ""
+        query = self._MEMBERS_WITH_SOURCES if sources else self._MEMBERS
         for i in range(0, len(wanted), 500):
             chunk = wanted[i:i + 500]
             marks = ",".join("?" * len(chunk))
-            rows += self.con.execute(
-                "SELECT i.sha256, i.path, i.bytes, coalesce(i.width, h.width), coalesce(i.height, h.height),"
-                f" {cands} FROM images i LEFT JOIN image_hashes h ON h.sha256 = i.sha256{join}"
-                " LEFT JOIN reviews r ON r.sha256 = i.sha256"
-                " WHERE (i.state = 'done' OR i.reason LIKE 'near_duplicate_of:%' OR r.mark = 'right')"
-                f" AND coalesce(r.mark, '') != 'wrong' AND i.sha256 IN ({marks}) GROUP BY i.sha256", chunk
-            ).fetchall()
+            rows += self.con.execute(query + marks + ") GROUP BY i.sha256", chunk).fetchall()
         return [
             DedupMember(r[0], r[1], r[2], r[3], r[4], tuple(sorted((r[5] or "").split(","))) if r[5] else (), bool(r[6]))
             for r in rows

@@ -65,102 +65,155 @@ def reason_key(col: str) -> str:
             f" WHEN {col} LIKE 'not_vehicle:%' THEN 'not_vehicle' ELSE coalesce({col}, '') END")
 
 
-def _kept_duplicate(img: str) -> str:
-    """True when image row ``img`` (OLD or NEW) is a near-duplicate copy its verdict kept."""
-    return (f"{img}.state = 'rejected' AND {img}.reason LIKE 'near_duplicate_of:%'"
-            f" AND EXISTS (SELECT 1 FROM verdicts WHERE sha256 = {img}.sha256 AND keep = 1)")
-
-
-def _near_duplicate_image(sha: str) -> str:
-    return (f"EXISTS (SELECT 1 FROM images WHERE sha256 = {sha} AND state = 'rejected'"
-            " AND reason LIKE 'near_duplicate_of:%')")
-
-
 def counted_state(col: str) -> str:
     """A candidate's state as counted: ``in_flight`` under ``pending`` (the crawl moves every URL
     through it and back, two counter writes each way; status counts the few in flight by index)."""
     return f"CASE {col} WHEN 'in_flight' THEN 'pending' ELSE {col} END"
 
 
-def _count(tbl: str, row: str, delta: str, nbytes: str = "0") -> str:
-    """One trigger statement: add ``delta`` to the (tbl, state, reason) counter of ``row``."""
-    state = {"verdicts": f"CAST({row}.keep AS TEXT)", "candidates": counted_state(f"{row}.state")}.get(tbl, f"{row}.state")
-    reason = "''" if tbl == "verdicts" else reason_key(f"{row}.reason")
-    return (f"INSERT INTO state_counts(tbl, state, reason, n, bytes) VALUES ('{tbl}', {state}, {reason},"
-            f" {delta}, {delta} * {nbytes}) ON CONFLICT(tbl, state, reason) DO UPDATE SET"
-            " n = n + excluded.n, bytes = bytes + excluded.bytes;")
-
-
-def _kept_duplicates_add(delta: str, where: str = "1") -> str:
-    return f"UPDATE state_counts SET n = n + ({delta}) WHERE tbl = 'kept_duplicates' AND {where};"
-
-
-_NEAR_OLD, _NEAR_NEW = "OLD.reason LIKE 'near_duplicate_of:%'", "NEW.reason LIKE 'near_duplicate_of:%'"
-
 #: Counters of rows by (table, state, reason key), kept by triggers in the same transaction as
 #: the rows, so ``carcrawl status`` reads a few dozen rows instead of grouping 1M candidates
-#: (3 s at 850k images). Verdicts are counted by ``keep``; ``kept_duplicates`` counts the
-#: near-duplicate copies whose verdict kept them (triggers of their own, whose WHEN spares every
-#: other row the look-up). Rows are never REPLACEd in these tables (a REPLACE deletes without
-#: firing the delete trigger): verdicts are upserted.
-STATE_COUNTS_SCHEMA = f"""
+#: (3 s at 850k images). A reason key is ``reason_key()``'s, a candidate state
+#: ``counted_state()``'s, written out here (the SQL is literal, never built from values).
+#: Verdicts are counted by ``keep``; ``kept_duplicates`` counts the near-duplicate copies whose
+#: verdict kept them (triggers of their own, whose WHEN spares every other row the look-up).
+#: Rows are never REPLACEd in these tables (a REPLACE deletes without firing the delete trigger):
+#: verdicts are upserted.
+STATE_COUNTS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS state_counts(
   tbl TEXT NOT NULL, state TEXT NOT NULL, reason TEXT NOT NULL, n INTEGER NOT NULL, bytes INTEGER NOT NULL,
   PRIMARY KEY(tbl, state, reason)) WITHOUT ROWID;
+
 CREATE TRIGGER IF NOT EXISTS candidates_count_insert AFTER INSERT ON candidates BEGIN
-  {_count("candidates", "NEW", "1")} END;
+  INSERT INTO state_counts(tbl, state, reason, n, bytes) VALUES ('candidates',
+    CASE NEW.state WHEN 'in_flight' THEN 'pending' ELSE NEW.state END,
+    CASE WHEN NEW.reason LIKE 'near_duplicate_of:%' THEN 'near_duplicate'
+         WHEN NEW.reason LIKE 'not_vehicle:%' THEN 'not_vehicle' ELSE coalesce(NEW.reason, '') END, 1, 0)
+  ON CONFLICT(tbl, state, reason) DO UPDATE SET n = n + excluded.n, bytes = bytes + excluded.bytes;
+END;
 CREATE TRIGGER IF NOT EXISTS candidates_count_delete AFTER DELETE ON candidates BEGIN
-  {_count("candidates", "OLD", "-1")} END;
+  INSERT INTO state_counts(tbl, state, reason, n, bytes) VALUES ('candidates',
+    CASE OLD.state WHEN 'in_flight' THEN 'pending' ELSE OLD.state END,
+    CASE WHEN OLD.reason LIKE 'near_duplicate_of:%' THEN 'near_duplicate'
+         WHEN OLD.reason LIKE 'not_vehicle:%' THEN 'not_vehicle' ELSE coalesce(OLD.reason, '') END, -1, 0)
+  ON CONFLICT(tbl, state, reason) DO UPDATE SET n = n + excluded.n, bytes = bytes + excluded.bytes;
+END;
 CREATE TRIGGER IF NOT EXISTS candidates_count_update AFTER UPDATE OF state, reason ON candidates
-  WHEN {counted_state("OLD.state")} IS NOT {counted_state("NEW.state")} OR OLD.reason IS NOT NEW.reason BEGIN
-  {_count("candidates", "OLD", "-1")} {_count("candidates", "NEW", "1")} END;
+  WHEN CASE OLD.state WHEN 'in_flight' THEN 'pending' ELSE OLD.state END
+       IS NOT CASE NEW.state WHEN 'in_flight' THEN 'pending' ELSE NEW.state END
+    OR OLD.reason IS NOT NEW.reason BEGIN
+  INSERT INTO state_counts(tbl, state, reason, n, bytes) VALUES ('candidates',
+    CASE OLD.state WHEN 'in_flight' THEN 'pending' ELSE OLD.state END,
+    CASE WHEN OLD.reason LIKE 'near_duplicate_of:%' THEN 'near_duplicate'
+         WHEN OLD.reason LIKE 'not_vehicle:%' THEN 'not_vehicle' ELSE coalesce(OLD.reason, '') END, -1, 0)
+  ON CONFLICT(tbl, state, reason) DO UPDATE SET n = n + excluded.n, bytes = bytes + excluded.bytes;
+  INSERT INTO state_counts(tbl, state, reason, n, bytes) VALUES ('candidates',
+    CASE NEW.state WHEN 'in_flight' THEN 'pending' ELSE NEW.state END,
+    CASE WHEN NEW.reason LIKE 'near_duplicate_of:%' THEN 'near_duplicate'
+         WHEN NEW.reason LIKE 'not_vehicle:%' THEN 'not_vehicle' ELSE coalesce(NEW.reason, '') END, 1, 0)
+  ON CONFLICT(tbl, state, reason) DO UPDATE SET n = n + excluded.n, bytes = bytes + excluded.bytes;
+END;
+
 CREATE TRIGGER IF NOT EXISTS images_count_insert AFTER INSERT ON images BEGIN
-  {_count("images", "NEW", "1", "NEW.bytes")} END;
+  INSERT INTO state_counts(tbl, state, reason, n, bytes) VALUES ('images', NEW.state,
+    CASE WHEN NEW.reason LIKE 'near_duplicate_of:%' THEN 'near_duplicate'
+         WHEN NEW.reason LIKE 'not_vehicle:%' THEN 'not_vehicle' ELSE coalesce(NEW.reason, '') END, 1, NEW.bytes)
+  ON CONFLICT(tbl, state, reason) DO UPDATE SET n = n + excluded.n, bytes = bytes + excluded.bytes;
+END;
 CREATE TRIGGER IF NOT EXISTS images_count_delete AFTER DELETE ON images BEGIN
-  {_count("images", "OLD", "-1", "OLD.bytes")} END;
+  INSERT INTO state_counts(tbl, state, reason, n, bytes) VALUES ('images', OLD.state,
+    CASE WHEN OLD.reason LIKE 'near_duplicate_of:%' THEN 'near_duplicate'
+         WHEN OLD.reason LIKE 'not_vehicle:%' THEN 'not_vehicle' ELSE coalesce(OLD.reason, '') END, -1, -OLD.bytes)
+  ON CONFLICT(tbl, state, reason) DO UPDATE SET n = n + excluded.n, bytes = bytes + excluded.bytes;
+END;
 CREATE TRIGGER IF NOT EXISTS images_count_update AFTER UPDATE OF state, reason, bytes ON images
   WHEN OLD.state IS NOT NEW.state OR OLD.reason IS NOT NEW.reason OR OLD.bytes IS NOT NEW.bytes BEGIN
-  {_count("images", "OLD", "-1", "OLD.bytes")} {_count("images", "NEW", "1", "NEW.bytes")} END;
-CREATE TRIGGER IF NOT EXISTS images_kept_duplicates_insert AFTER INSERT ON images WHEN {_kept_duplicate("NEW")} BEGIN
-  {_kept_duplicates_add("1")} END;
-CREATE TRIGGER IF NOT EXISTS images_kept_duplicates_delete AFTER DELETE ON images WHEN {_kept_duplicate("OLD")} BEGIN
-  {_kept_duplicates_add("-1")} END;
+  INSERT INTO state_counts(tbl, state, reason, n, bytes) VALUES ('images', OLD.state,
+    CASE WHEN OLD.reason LIKE 'near_duplicate_of:%' THEN 'near_duplicate'
+         WHEN OLD.reason LIKE 'not_vehicle:%' THEN 'not_vehicle' ELSE coalesce(OLD.reason, '') END, -1, -OLD.bytes)
+  ON CONFLICT(tbl, state, reason) DO UPDATE SET n = n + excluded.n, bytes = bytes + excluded.bytes;
+  INSERT INTO state_counts(tbl, state, reason, n, bytes) VALUES ('images', NEW.state,
+    CASE WHEN NEW.reason LIKE 'near_duplicate_of:%' THEN 'near_duplicate'
+         WHEN NEW.reason LIKE 'not_vehicle:%' THEN 'not_vehicle' ELSE coalesce(NEW.reason, '') END, 1, NEW.bytes)
+  ON CONFLICT(tbl, state, reason) DO UPDATE SET n = n + excluded.n, bytes = bytes + excluded.bytes;
+END;
+CREATE TRIGGER IF NOT EXISTS images_kept_duplicates_insert AFTER INSERT ON images
+  WHEN NEW.state = 'rejected' AND NEW.reason LIKE 'near_duplicate_of:%'
+   AND EXISTS (SELECT 1 FROM verdicts WHERE sha256 = NEW.sha256 AND keep = 1) BEGIN
+  UPDATE state_counts SET n = n + 1 WHERE tbl = 'kept_duplicates';
+END;
+CREATE TRIGGER IF NOT EXISTS images_kept_duplicates_delete AFTER DELETE ON images
+  WHEN OLD.state = 'rejected' AND OLD.reason LIKE 'near_duplicate_of:%'
+   AND EXISTS (SELECT 1 FROM verdicts WHERE sha256 = OLD.sha256 AND keep = 1) BEGIN
+  UPDATE state_counts SET n = n - 1 WHERE tbl = 'kept_duplicates';
+END;
 CREATE TRIGGER IF NOT EXISTS images_kept_duplicates_update AFTER UPDATE OF state, reason ON images
-  WHEN {_NEAR_OLD} OR {_NEAR_NEW} BEGIN
-  {_kept_duplicates_add("-1", _kept_duplicate("OLD"))} {_kept_duplicates_add("1", _kept_duplicate("NEW"))} END;
+  WHEN OLD.reason LIKE 'near_duplicate_of:%' OR NEW.reason LIKE 'near_duplicate_of:%' BEGIN
+  UPDATE state_counts SET n = n - 1 WHERE tbl = 'kept_duplicates'
+    AND OLD.state = 'rejected' AND OLD.reason LIKE 'near_duplicate_of:%'
+    AND EXISTS (SELECT 1 FROM verdicts WHERE sha256 = OLD.sha256 AND keep = 1);
+  UPDATE state_counts SET n = n + 1 WHERE tbl = 'kept_duplicates'
+    AND NEW.state = 'rejected' AND NEW.reason LIKE 'near_duplicate_of:%'
+    AND EXISTS (SELECT 1 FROM verdicts WHERE sha256 = NEW.sha256 AND keep = 1);
+END;
+
 CREATE TRIGGER IF NOT EXISTS verdicts_count_insert AFTER INSERT ON verdicts BEGIN
-  {_count("verdicts", "NEW", "1")} END;
+  INSERT INTO state_counts(tbl, state, reason, n, bytes) VALUES ('verdicts', CAST(NEW.keep AS TEXT), '', 1, 0)
+  ON CONFLICT(tbl, state, reason) DO UPDATE SET n = n + excluded.n;
+END;
 CREATE TRIGGER IF NOT EXISTS verdicts_count_delete AFTER DELETE ON verdicts BEGIN
-  {_count("verdicts", "OLD", "-1")} END;
+  INSERT INTO state_counts(tbl, state, reason, n, bytes) VALUES ('verdicts', CAST(OLD.keep AS TEXT), '', -1, 0)
+  ON CONFLICT(tbl, state, reason) DO UPDATE SET n = n + excluded.n;
+END;
 CREATE TRIGGER IF NOT EXISTS verdicts_count_update AFTER UPDATE OF keep ON verdicts
   WHEN OLD.keep IS NOT NEW.keep BEGIN
-  {_count("verdicts", "OLD", "-1")} {_count("verdicts", "NEW", "1")} END;
+  INSERT INTO state_counts(tbl, state, reason, n, bytes) VALUES ('verdicts', CAST(OLD.keep AS TEXT), '', -1, 0)
+  ON CONFLICT(tbl, state, reason) DO UPDATE SET n = n + excluded.n;
+  INSERT INTO state_counts(tbl, state, reason, n, bytes) VALUES ('verdicts', CAST(NEW.keep AS TEXT), '', 1, 0)
+  ON CONFLICT(tbl, state, reason) DO UPDATE SET n = n + excluded.n;
+END;
 CREATE TRIGGER IF NOT EXISTS verdicts_kept_duplicates_insert AFTER INSERT ON verdicts
-  WHEN NEW.keep = 1 AND {_near_duplicate_image("NEW.sha256")} BEGIN {_kept_duplicates_add("1")} END;
+  WHEN NEW.keep = 1 AND EXISTS (SELECT 1 FROM images WHERE sha256 = NEW.sha256 AND state = 'rejected'
+                                AND reason LIKE 'near_duplicate_of:%') BEGIN
+  UPDATE state_counts SET n = n + 1 WHERE tbl = 'kept_duplicates';
+END;
 CREATE TRIGGER IF NOT EXISTS verdicts_kept_duplicates_delete AFTER DELETE ON verdicts
-  WHEN OLD.keep = 1 AND {_near_duplicate_image("OLD.sha256")} BEGIN {_kept_duplicates_add("-1")} END;
+  WHEN OLD.keep = 1 AND EXISTS (SELECT 1 FROM images WHERE sha256 = OLD.sha256 AND state = 'rejected'
+                                AND reason LIKE 'near_duplicate_of:%') BEGIN
+  UPDATE state_counts SET n = n - 1 WHERE tbl = 'kept_duplicates';
+END;
 CREATE TRIGGER IF NOT EXISTS verdicts_kept_duplicates_update AFTER UPDATE OF keep ON verdicts
-  WHEN OLD.keep IS NOT NEW.keep AND {_near_duplicate_image("NEW.sha256")} BEGIN
-  {_kept_duplicates_add("(NEW.keep = 1) - (OLD.keep = 1)")} END;
+  WHEN OLD.keep IS NOT NEW.keep AND EXISTS (SELECT 1 FROM images WHERE sha256 = NEW.sha256 AND state = 'rejected'
+                                            AND reason LIKE 'near_duplicate_of:%') BEGIN
+  UPDATE state_counts SET n = n + ((NEW.keep = 1) - (OLD.keep = 1)) WHERE tbl = 'kept_duplicates';
+END;
 """
 
 STATE_COUNTS_META = "state_counts"  # meta key, set once the counters hold every row
 
 #: the counters from the rows themselves: run once, in one transaction, on a checkpoint from before
 #: the counters (on a new one it counts nothing); afterwards the triggers keep them
-BACKFILL_STATE_COUNTS = f"""
+BACKFILL_STATE_COUNTS = """
 BEGIN IMMEDIATE;
 DELETE FROM state_counts;
 INSERT INTO state_counts(tbl, state, reason, n, bytes)
-  SELECT 'candidates', {counted_state("state")}, {reason_key("reason")}, count(*), 0 FROM candidates GROUP BY 2, 3;
+  SELECT 'candidates', CASE state WHEN 'in_flight' THEN 'pending' ELSE state END,
+    CASE WHEN reason LIKE 'near_duplicate_of:%' THEN 'near_duplicate'
+         WHEN reason LIKE 'not_vehicle:%' THEN 'not_vehicle' ELSE coalesce(reason, '') END, count(*), 0
+  FROM candidates GROUP BY 2, 3;
 INSERT INTO state_counts(tbl, state, reason, n, bytes)
-  SELECT 'images', state, {reason_key("reason")}, count(*), coalesce(sum(bytes), 0) FROM images GROUP BY 2, 3;
+  SELECT 'images', state,
+    CASE WHEN reason LIKE 'near_duplicate_of:%' THEN 'near_duplicate'
+         WHEN reason LIKE 'not_vehicle:%' THEN 'not_vehicle' ELSE coalesce(reason, '') END,
+    count(*), coalesce(sum(bytes), 0)
+  FROM images GROUP BY 2, 3;
 INSERT INTO state_counts(tbl, state, reason, n, bytes)
   SELECT 'verdicts', CAST(keep AS TEXT), '', count(*), 0 FROM verdicts GROUP BY 2;
 INSERT INTO state_counts(tbl, state, reason, n, bytes)
   SELECT 'kept_duplicates', '', '', count(*), 0 FROM images i
-  WHERE {_kept_duplicate("i")};
-INSERT OR REPLACE INTO meta(key, value) VALUES ('{STATE_COUNTS_META}', '1');
+  WHERE i.state = 'rejected' AND i.reason LIKE 'near_duplicate_of:%'
+    AND EXISTS (SELECT 1 FROM verdicts WHERE sha256 = i.sha256 AND keep = 1);
+INSERT OR REPLACE INTO meta(key, value) VALUES ('state_counts', '1');
 COMMIT;
 """
 

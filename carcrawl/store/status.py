@@ -32,6 +32,7 @@ def open_readonly(path: str | Path) -> sqlite3.Connection:
 # reasons that carry an argument are counted under their prefix (one line, not one per image)
 # (``not_vehicle:<class>`` as ``not_vehicle``, beside ``interior`` and ``vehicle_detail``: what the images were)
 _REASON_KEY = reason_key("reason")
+_COUNTED_STATE = counted_state("state")
 
 
 # the first and the last sample of a run (an index search each, not the whole log)
@@ -61,7 +62,7 @@ def row_counters(con: sqlite3.Connection) -> dict[str, dict[tuple[str, str], tup
     """The same counters from the rows (old checkpoints; O(rows))."""
     out: dict[str, dict[tuple[str, str], tuple[int, int]]] = {}
     out["candidates"] = {(state, reason): (n, 0) for state, reason, n in con.execute(
-        f"SELECT {counted_state('state')}, {_REASON_KEY}, count(*) FROM candidates GROUP BY 1, 2")}
+        f"SELECT {_COUNTED_STATE}, {_REASON_KEY}, count(*) FROM candidates GROUP BY 1, 2")}
     out["images"] = {(state, reason): (n, nbytes) for state, reason, n, nbytes in con.execute(
         f"SELECT state, {_REASON_KEY}, count(*), coalesce(sum(bytes), 0) FROM images GROUP BY 1, 2")}
     out["verdicts"] = {(str(keep), ""): (n, 0) for keep, n in con.execute("SELECT keep, count(*) FROM verdicts GROUP BY 1")}
