@@ -276,6 +276,19 @@ def carcrawl_json(stdout: str) -> dict[str, Any]:
     return {}
 
 
+def disk_write_speed(folder: Path, nbytes: int) -> float:
+    """MB/s of a plain buffered write of ``nbytes`` (what an export does: no fsync)."""
+    probe = folder / "write-probe.bin"
+    block = os.urandom(1 << 20)
+    t = time.perf_counter()
+    with open(probe, "wb") as f:
+        for _ in range(max(1, nbytes >> 20)):
+            f.write(block)
+    dt = time.perf_counter() - t
+    probe.unlink()
+    return (max(1, nbytes >> 20)) / dt
+
+
 def fmt_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """A Markdown table (it prints fine on a terminal and pastes into RESULTS.md as is)."""
     def cell(v: Any) -> str:

@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import fmt_table, machine, run_measured  # noqa: E402
+from _common import disk_write_speed, fmt_table, machine, run_measured  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 PHOTOS = (SHARED / "images", SHARED / "images2")
@@ -96,19 +96,6 @@ def _config(path: Path, engine: str) -> Path:
         "block_backoff = 1.0\n"
     )
     return path
-
-
-def _disk_write_speed(folder: Path, nbytes: int) -> float:
-    """MB/s of a plain buffered write of ``nbytes`` (what an export does: no fsync)."""
-    probe = folder / "write-probe.bin"
-    block = os.urandom(1 << 20)
-    t = time.perf_counter()
-    with open(probe, "wb") as f:
-        for _ in range(max(1, nbytes >> 20)):
-            f.write(block)
-    dt = time.perf_counter() - t
-    probe.unlink()
-    return (max(1, nbytes >> 20)) / dt
 
 
 class Stages:
@@ -230,7 +217,7 @@ def run(size: int, work: Path, keep: bool, dedup_timeout: float = 3600) -> dict[
         wds = st.rows["export webdataset"]
         wds_bytes = sum(p.stat().st_size for p in (work / "export-webdataset").glob("*.tar"))
         wds["mb_per_s"] = round(wds_bytes / 2**20 / wds["wall_s"], 1)
-        wds["disk_write_mb_per_s"] = round(_disk_write_speed(work, max(wds_bytes, 64 << 20)), 1)
+        wds["disk_write_mb_per_s"] = round(disk_write_speed(work, max(wds_bytes, 64 << 20)), 1)
         st.run("report", _carcrawl("report", str(out), "--to", str(work / "report" / "report.html")), n)
         st.run("status", _carcrawl("status", str(out), "--json"), n)
         quality = _cluster_quality(work / "export-parquet" / "manifest.parquet")

@@ -282,3 +282,39 @@ def test_cli_export_prints_summary_and_clear_errors(crawl: dict, tmp_path: Path)
     assert r.returncode == 2 and "no checkpoint here" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run([*carcrawl_cmd(), "export", str(out), "--format", "zip"], capture_output=True, text=True)
     assert r.returncode == 2 and "--format" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_webdataset_shards_are_the_same_bytes_whether_the_kernel_copies_the_images_or_python_does(
+        crawl: dict, tmp_path: Path) -> None:
+    """Image members go to the tar by copy_file_range on the images' filesystem; to another
+    filesystem (tmpfs) the kernel refuses (EXDEV) and they are read and written instead. Both
+    shards are identical, and every image member is its stored file's bytes."""
+    import os
+    import shutil
+    import uuid
+
+    out = crawl["out"]
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == out.stat().st_dev:
+        pytest.skip("needs /dev/shm on a filesystem other than the test's temporary folder")
+    other = shm / f"carcrawl-test-{uuid.uuid4().hex[:8]}"
+    try:
+        summary = export(out, "webdataset", tmp_path / "same-fs")
+        export(out, "webdataset", other / "wds")
+        names = sorted(p.name for p in (tmp_path / "same-fs").glob("*.tar"))
+        assert names and names == sorted(p.name for p in (other / "wds").glob("*.tar"))
+        stored = {p.stem: p.read_bytes() for p in (out / "images").rglob("*.*") if p.is_file()}
+        members = 0
+        for name in names:
+            a, b = (tmp_path / "same-fs" / name).read_bytes(), (other / "wds" / name).read_bytes()
+            assert a == b
+            with tarfile.open(tmp_path / "same-fs" / name) as tar:
+                for m in tar.getmembers():
+                    key, ext = m.name.split(".", 1)
+                    if ext not in ("json", "cls"):
+                        assert tar.extractfile(m).read() == stored[key]
+                        members += 1
+        assert members == sum(summary.splits.values()) > 0
+        assert os.path.getsize(tmp_path / "same-fs" / names[0]) % 10240 == 0  # whole tar records
+    finally:
+        shutil.rmtree(other, ignore_errors=True)

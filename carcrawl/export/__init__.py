@@ -97,6 +97,7 @@ def export(
             plan, details = export_parquet(db, out, **options)
         else:
             plan = build_plan(db, **options)
+            db.checkpoint_wal()
             details = WRITERS[fmt](plan, out)
     per_class = plan.split_counts()
     splits = {s: sum(c[s] for c in per_class.values()) for s in ("train", "val", "test")}

@@ -231,6 +231,14 @@ class DatasetDB:
     def close(self) -> None:
         self.con.close()
 
+    def checkpoint_wal(self) -> None:
+        """Move what this connection committed from the WAL into the checkpoint now. An export
+        calls it after the plan, before its files: the checkpoint SQLite otherwise runs on close
+        fsyncs the database after the export's files, and on ext4 (data=ordered) that fsync
+        waited for gigabytes of them to reach the disk (1.3 s of a 3 s WebDataset export of
+        2 GB)."""
+        self.con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
     def __enter__(self) -> DatasetDB:
         return self
 
