@@ -226,6 +226,24 @@ def _hf_value(key: str, value: Any) -> Any:
     return -1 if key in ("width", "height") else ""
 
 
+def _tar_template() -> bytes:
+    """A ustar header with every field our members share (mode 644, owner carcrawl, mtime 0, a
+    regular file), the name and size left zero, the checksum field as spaces."""
+    head = bytearray(512)
+    head[100:108] = b"0000644\x00"
+    head[108:116] = head[116:124] = b"0000000\x00"
+    head[136:148] = b"00000000000\x00"
+    head[148:156] = b" " * 8
+    head[156:157] = b"0"
+    head[257:265] = b"ustar\x0000"
+    head[265:273] = head[297:305] = b"carcrawl"
+    return bytes(head)
+
+
+_TAR_TEMPLATE = _tar_template()
+_TAR_TEMPLATE_SUM = sum(_TAR_TEMPLATE)
+
+
 class _Tar:
     """A tar file of plain members (ustar headers, mtime 0, mode 644, owner carcrawl): the bytes
     ``tarfile`` writes for such members, without its per-member cost (a copy of the TarInfo, a
@@ -248,17 +266,11 @@ class _Tar:
         raw = name.encode("utf-8")
         if len(raw) > 100 or not name.isascii():
             raise ValueError(f"tar member name too long or not ASCII: {name!r}")
-        head = bytearray(self.BLOCK)
+        head = bytearray(_TAR_TEMPLATE)
         head[0:len(raw)] = raw
-        head[100:108] = b"0000644\x00"
-        head[108:116] = head[116:124] = b"0000000\x00"
-        head[124:136] = b"%011o\x00" % size
-        head[136:148] = b"00000000000\x00"
-        head[148:156] = b" " * 8
-        head[156:157] = b"0"
-        head[257:265] = b"ustar\x0000"
-        head[265:273] = head[297:305] = b"carcrawl"
-        head[148:156] = b"%06o\x00 " % sum(head)
+        head[124:136] = length = b"%011o\x00" % size
+        # the checksum is the sum of the header's bytes with its own field as spaces
+        head[148:156] = b"%06o\x00 " % (_TAR_TEMPLATE_SUM + sum(raw) + sum(length))
         self.buf += head
 
     def _pad(self, size: int) -> None:
