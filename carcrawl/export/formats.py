@@ -244,6 +244,11 @@ _TAR_TEMPLATE = _tar_template()
 _TAR_TEMPLATE_SUM = sum(_TAR_TEMPLATE)
 
 
+def _changed(path: str, got: int, size: int) -> CarcrawlError:
+    return CarcrawlError(f"{path}: the image changed while the export read it ({got} of {size} bytes);"
+                         " nothing was exported, run the export again")
+
+
 class _Tar:
     """A tar file of plain members (ustar headers, mtime 0, mode 644, owner carcrawl): the bytes
     ``tarfile`` writes for such members, without its per-member cost (a copy of the TarInfo, a
@@ -303,7 +308,7 @@ class _Tar:
                     while copied < size:
                         n = os.copy_file_range(f.fileno(), self.fd, size - copied)
                         if n == 0:
-                            raise ValueError(f"{path}: shorter than its size while being copied")
+                            raise _changed(path, copied, size)
                         copied += n
                     self._pad(size)
                     return
@@ -313,7 +318,7 @@ class _Tar:
                     self.in_kernel = False
             data = f.read()
             if len(data) != size:
-                raise ValueError(f"{path}: shorter than its size while being read")
+                raise _changed(path, len(data), size)
             self.buf += data
             self._pad(size)
 

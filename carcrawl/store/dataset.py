@@ -236,8 +236,9 @@ class DatasetDB:
         calls it after the plan, before its files: the checkpoint SQLite otherwise runs on close
         fsyncs the database after the export's files, and on ext4 (data=ordered) that fsync
         waited for gigabytes of them to reach the disk (1.3 s of a 3 s WebDataset export of
-        2 GB)."""
-        self.con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        2 GB). PASSIVE: it never waits for a crawl writing the same checkpoint (whose connection
+        then does the checkpointing instead)."""
+        self.con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def __enter__(self) -> DatasetDB:
         return self
