@@ -23,6 +23,7 @@ import errno
 import json
 import os
 import random
+import re
 import shutil
 import time
 import uuid
@@ -422,6 +423,20 @@ def _top5_columns(texts: tuple[str | None, ...]) -> tuple[Any, Any]:
                 pa.array([[p[1] for p in t] for t in top5], pa.list_(pa.float32())))
 
 
+_SHA_LINES = re.compile(r"(?:[0-9a-f]{64}\n)*")
+
+
+def _image_paths(shas: tuple[str, ...], formats: tuple[str, ...], prefix: str) -> list[str]:
+    """:func:`carcrawl.filestore.relative_path` of a page of images under ``prefix``, the page's
+    sha256 digests checked with one regex match instead of one per image."""
+    if _SHA_LINES.fullmatch("\n".join(shas) + "\n" if shas else "") is None:
+        bad = next(s for s in shas if not _SHA_LINES.fullmatch(s + "\n"))
+        raise ValueError(f"not a sha256 hex digest: {bad[:80]!r}")
+    base = os.path.join(prefix, "images", "")
+    ext = EXTENSIONS.get
+    return [f"{base}{sha[:2]}/{sha[2:4]}/{sha}.{ext(fmt, 'bin')}" for sha, fmt in zip(shas, formats, strict=True)]
+
+
 def _page_table(page: PlanPage, schema: Any, scheme: str, prefix: str) -> Any:
     """One page of the manifest as an Arrow table, built column by column from the checkpoint's
     rows (the split columns as the plan's pass left them: :func:`_fill_splits` sets them)."""
@@ -442,7 +457,7 @@ def _page_table(page: PlanPage, schema: Any, scheme: str, prefix: str) -> Any:
         vectors.append(items)
     cols = {
         "sha256": shas,
-        "path": [os.path.join(prefix, relative_path(sha, fmt)) for sha, fmt in zip(shas, r[R_FORMAT], strict=True)],
+        "path": _image_paths(shas, r[R_FORMAT], prefix),
         "label": page.labels, "split": [None] * n, "in_dataset": [x is None for x in page.excluded],
         "excluded_reason": page.excluded, "scheme": [scheme] * n,
         "make": c[C_MAKE], "model": c[C_MODEL], "color": c[C_COLOR], "body_type": c[C_BODY_TYPE],

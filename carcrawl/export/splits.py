@@ -11,8 +11,9 @@ when the crawl grows.
 image 32 bytes of sha256, a 4-byte label id and a 1-byte earlier split; per group key (page URL,
 cluster id) an 8-byte hash and a 4-byte owner. About 50 bytes per image (~45 MB at 850k images)
 plus, while assigning, ~30 bytes per image of sort and union-find arrays; nothing else of an image
-is kept. Keys are compared by a 64-bit hash: two different page URLs share one with probability
-~n²/2⁶⁵ (about 10⁻⁸ at a million keys).
+is kept. Keys are compared by their 64-bit ``hash()`` (SipHash, salted per process: the groups
+depend only on which keys are equal, never on the hash values), so two different page URLs share
+one with probability ~n²/2⁶⁵ (about 10⁻⁸ at a million keys).
 """
 
 from __future__ import annotations
@@ -45,8 +46,6 @@ def normalise_ratios(ratios: Iterable[float]) -> tuple[float, float, float]:
 _SPLIT_INDEX = {name: i for i, name in enumerate(SPLITS)}
 
 
-def _key_hash(key: str) -> int:
-    return int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
 
 
 class Splitter:
@@ -57,7 +56,7 @@ class Splitter:
         self._sha = bytearray()
         self._label = array("i")
         self._prev = array("b")
-        self._key_hash = array("Q")
+        self._key_hash = array("q")  # hash() of each key: groups depend only on which keys are equal
         self._key_owner = array("i")
 
     def __len__(self) -> int:
@@ -77,11 +76,12 @@ class Splitter:
         self._label.extend(labels)
         index = _SPLIT_INDEX.get
         self._prev.extend([index(p, -1) for p in previous])
+        key_hash, owner = self._key_hash.append, self._key_owner.append
         for k, (label, ks) in enumerate(zip(labels, keys, strict=True)):
             if label >= 0 and ks:
                 for key in ks:
-                    self._key_hash.append(_key_hash(key))
-                    self._key_owner.append(first + k)
+                    key_hash(hash(key))
+                    owner(first + k)
 
     def changed(self, split: array) -> np.ndarray:
         """Indices of the images ``split`` (from :meth:`assign`) puts in a split other than the one
@@ -121,7 +121,7 @@ class Splitter:
                 x = parent[x]
             return x
 
-        kh = np.frombuffer(self._key_hash, dtype=np.uint64)
+        kh = np.frombuffer(self._key_hash, dtype=np.int64)
         ko = np.frombuffer(self._key_owner, dtype=np.int32)
         keep = active[ko] if ko.size else np.zeros(0, dtype=bool)
         kh, ko = kh[keep], ko[keep]

