@@ -508,6 +508,7 @@ def export(
     merge_map: Annotated[Path | None, typer.Option(help="JSON or CSV from,to label merges.")] = None,
     dedup: Annotated[bool, typer.Option("--dedup/--no-dedup", help="Find near-duplicates first.")] = True,
     refined: Annotated[bool, typer.Option("--refined", help="Let the probe's scores (carcrawl refine) decide, not the classifier.")] = False,
+    workers: Annotated[int | None, typer.Option(help="Processes planning the dataset (default: one per core, up to 4, from 20 000 images).")] = None,
 ) -> None:
     """Write the dataset: ImageFolder splits, Hugging Face, WebDataset shards or Parquet."""
     from carcrawl.export import export as do_export
@@ -526,7 +527,7 @@ def export(
         summary = do_export(
             target, fmt, to or target / "export" / fmt, scheme=scheme,
             labels=labels.split(",") if labels else None, ratios=r, seed=seed, min_count=min_count,
-            merge_map=merge_map, refined=refined,
+            merge_map=merge_map, refined=refined, workers=workers,
         )
     except CarcrawlError as e:
         _fail(e)

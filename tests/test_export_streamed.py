@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -19,7 +22,8 @@ import pyarrow.parquet as pq
 import pytest
 from test_export_helpers import Shot, build_crawl, copies, vehicle_photos
 
-from carcrawl.export import export
+from carcrawl.errors import CarcrawlError, ConfigError
+from carcrawl.export import export, forked
 from carcrawl.export.dedup import find_near_duplicates
 from carcrawl.export.formats import MARKER
 from carcrawl.export.plan import build_plan
@@ -135,6 +139,60 @@ def test_remembered_splits_are_kept_like_before(crawl: Path, tmp_path: Path) -> 
         assert (pq.read_table(new_crawl.parent / name / "manifest.parquet").to_pylist()
                 == pq.read_table(old_crawl.parent / name / "manifest.parquet").to_pylist())
     assert _splits(new_crawl) == _splits(old_crawl)
+
+
+def _cli_export(out: Path, fmt: str, to: Path, *args: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-m", "carcrawl.cli", "export", str(out), "--format", fmt, "--to", str(to),
+                           "--no-dedup", *args], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.skipif(not forked.available(), reason="the plan's pass forks only on Linux")
+@pytest.mark.parametrize("cli_options, options", [
+    ((), {}),
+    (("--scheme", "body_type", "--min-count", "3", "--seed", "2"), {"scheme": "body_type", "min_count": 3, "seed": 2}),
+])
+def test_a_plan_split_over_processes_exports_what_one_process_exports(
+        crawl: Path, tmp_path: Path, cli_options: tuple[str, ...], options: dict) -> None:
+    """Three forked processes, each a range of sha256 (about 15 images each here), then a second
+    export after a reviewer mark (the remembered splits read per range): files, manifest rows and
+    remembered splits as one process writes them."""
+    one, many = tmp_path / "one" / "out", tmp_path / "many" / "out"
+    shutil.copytree(crawl, one)
+    shutil.copytree(crawl, many)
+    photo = vehicle_photos(12)[11].read_bytes()
+    marks = tmp_path / "m.json"
+    marks.write_text(json.dumps({hashlib.sha256(photo).hexdigest(): "wrong"}))
+    for round_ in (1, 2):
+        for fmt in ("imagefolder", "hf", "webdataset", "parquet"):
+            export(one, fmt, one.parent / f"{fmt}{round_}", workers=1, **options)
+            _cli_export(many, fmt, many.parent / f"{fmt}{round_}", "--workers", "3", *cli_options)
+            if fmt == "parquet":
+                rows = pq.read_table(many.parent / f"{fmt}{round_}" / "manifest.parquet").to_pylist()
+                assert len(rows) > 40 and sum(r["in_dataset"] for r in rows) > 10
+                assert rows == pq.read_table(one.parent / f"{fmt}{round_}" / "manifest.parquet").to_pylist()
+            else:
+                digests = [{k: hashlib.sha256(v).hexdigest()[:16] for k, v in _tree(out.parent / f"{fmt}{round_}").items()}
+                           for out in (many, one)]
+                assert digests[0] == digests[1], fmt
+        assert not list(many.parent.glob("**/*.arrow")), "a part's temporary file was left behind"
+        for out in (one, many):
+            import_marks(out, marks)
+    assert _splits(many) == _splits(one) and _splits(one)
+
+
+@pytest.mark.skipif(not forked.available(), reason="forks only on Linux")
+def test_a_forked_part_hands_back_its_result_its_error_or_its_death() -> None:
+    assert forked.Child(lambda: {"images": 3}).result() == {"images": 3}
+
+    def bad_option() -> None:
+        raise ConfigError("--scheme: expected one of ...")
+
+    with pytest.raises(ConfigError, match="--scheme"):
+        forked.Child(bad_option).result()
+    with pytest.raises(CarcrawlError, match="died"):
+        forked.Child(lambda: os._exit(9)).result()
 
 
 def test_report_still_shows_the_plan(crawl: Path, tmp_path: Path) -> None:

@@ -62,6 +62,7 @@ class ExportSummary:
 def plan_dataset(target_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     """What the plan decides (per-class split counts, exclusions), without writing anything but
     the remembered splits."""
+    kwargs.setdefault("workers", None)
     with DatasetDB.open(target_dir) as db:
         plan = build_plan(db, **kwargs)
         return {"per_class": plan.split_counts(), "excluded": plan.excluded_counts(),
@@ -80,11 +81,14 @@ def export(
     min_count: int = 1,
     merge_map: Path | dict[str, str | None] | None = None,
     refined: bool = False,
+    workers: int | None = None,
 ) -> ExportSummary:
     """Write the dataset of the crawl in ``target_dir`` as ``fmt`` to ``to`` (default
     ``<target_dir>/export/<fmt>``). Reviewer marks always win; ``refined`` lets the probe's
     scores (``carcrawl refine``) decide instead of the classifier's verdicts. The plan and the
-    writer stream the checkpoint: memory does not grow with the crawl (see :mod:`.splits`)."""
+    writer stream the checkpoint: memory does not grow with the crawl (see :mod:`.splits`).
+    ``workers`` processes share the plan's pass (None: one per core for a large checkpoint,
+    :func:`carcrawl.export.plan.plan_workers`)."""
     if fmt not in WRITERS:
         raise ConfigError(f"--format: expected one of {', '.join(WRITERS)}, got {fmt!r}")
     out = Path(to) if to is not None else Path(target_dir) / "export" / fmt
@@ -92,7 +96,7 @@ def export(
         if refined and db.get_meta("refine.probe") is None:
             raise ConfigError("--refined: no probe yet; run `carcrawl refine` after `carcrawl review import`")
         options = {"scheme": scheme, "labels": labels, "ratios": ratios, "seed": seed, "min_count": min_count,
-                   "merge_map": merge_map, "refined": refined}
+                   "merge_map": merge_map, "refined": refined, "workers": workers}
         if fmt == "parquet":  # one read of the checkpoint: the plan's pass writes the rows
             plan, details = export_parquet(db, out, **options)
         else:

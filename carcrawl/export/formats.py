@@ -557,54 +557,66 @@ def write_parquet(plan: DatasetPlan, to: Path) -> dict[str, Any]:
     return {"path": str(to / "manifest.parquet")}
 
 
+class _PassOneFile:
+    """A :class:`carcrawl.export.plan.PageSink` writing one part of the plan's pass to its own
+    temporary Arrow IPC file (split and label-selection columns still open), in the process that
+    reads that part. IPC, LZ4-framed: read back once, it costs a fraction of a Parquet encoding."""
+
+    def __init__(self, path: Path, scheme: str, seed: int, ratios: tuple[float, ...], prefix: str) -> None:
+        self.path, self.scheme, self.seed, self.ratios, self.prefix = path, scheme, seed, ratios, prefix
+        self.writer: Any = None
+        self.schema: Any = None
+
+    def add(self, page: PlanPage) -> None:
+        import pyarrow as pa
+
+        if self.writer is None:  # build_plan has checked the options by now
+            self.schema = _schema(self.scheme, self.seed, normalise_ratios(self.ratios))
+            self.writer = pa.ipc.new_file(self.path, self.schema,
+                                          options=pa.ipc.IpcWriteOptions(compression="lz4"))
+        self.writer.write_table(_page_table(page, self.schema, self.scheme, self.prefix))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 def export_parquet(db: DatasetDB, to: Path, **plan_options: Any) -> tuple[DatasetPlan, dict[str, Any]]:
-    """Plan and write the manifest reading the checkpoint once: the plan's pass writes the rows
-    (split and label-selection columns still open) to a temporary Parquet file, which is then
-    copied batch by batch with those columns filled in from the plan (Arrow work, no records).
-    Same file as :func:`write_parquet` after :func:`build_plan`."""
+    """Plan and write the manifest reading the checkpoint once: each part of the plan's pass
+    writes its rows to a temporary file (:class:`_PassOneFile`), which are then copied
+    in order, batch by batch, with the split columns filled in from the plan (Arrow work, no
+    records). Same file as :func:`write_parquet` after :func:`build_plan`."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     scheme = plan_options.get("scheme", "make_model")
+    seed, ratios = plan_options.get("seed", 0), plan_options.get("ratios", (0.7, 0.15, 0.15))
     single = to.suffix == ".parquet"
     final_dir = to.parent if single else to
     to.parent.mkdir(parents=True, exist_ok=True)
-    first = to.parent / f".{to.name}.pass1-{uuid.uuid4().hex[:8]}.parquet"
-    schema: Any = None
+    stem = to.parent / f".{to.name}.pass1-{uuid.uuid4().hex[:8]}"
     prefix = os.path.relpath(db.out_dir.resolve(), final_dir.resolve())
-    writer: Any = None
-    batches: _Batches | None = None
 
-    def open_writer(seed: int, ratios: tuple[float, ...]) -> None:
-        nonlocal schema, writer, batches
-        schema = _schema(scheme, seed, ratios)
-        # a temporary file read back once: a fast codec, the final file gets zstd
-        writer = pq.ParquetWriter(first, schema, compression="lz4")
-        batches = _Batches(writer)
-
-    def on_page(page: PlanPage) -> None:
-        if writer is None:  # build_plan has checked the options by now
-            open_writer(plan_options.get("seed", 0), normalise_ratios(plan_options.get("ratios", (0.7, 0.15, 0.15))))
-        assert batches is not None
-        batches.add(_page_table(page, schema, scheme, prefix))
+    def part_file(k: int) -> Path:
+        return stem.with_name(f"{stem.name}-{k}.arrow")
 
     try:
-        try:
-            plan = build_plan(db, on_page=on_page, **plan_options)
-            if writer is None:
-                open_writer(plan.seed, plan.ratios)
-            assert batches is not None
-            batches.flush()
-        finally:
-            if writer is not None:
-                writer.close()
+        plan = build_plan(db, page_sink=lambda k: _PassOneFile(part_file(k), scheme, seed, ratios, prefix),
+                          **plan_options)
+        schema = _schema(scheme, plan.seed, plan.ratios)
 
         def fill(path: Path) -> None:
             i = 0
             with pq.ParquetWriter(path, schema, compression="zstd") as out:
-                for batch in pq.ParquetFile(first).iter_batches(batch_size=PARQUET_BATCH):
-                    out.write_table(_fill_splits(plan, pa.Table.from_batches([batch], schema=schema), i))
-                    i += batch.num_rows
+                batches = _Batches(out)
+                for k in range(plan.parts):
+                    if part_file(k).exists():  # a part without images wrote nothing
+                        with pa.ipc.open_file(pa.memory_map(str(part_file(k)))) as part:
+                            for b in range(part.num_record_batches):
+                                batch = part.get_batch(b)
+                                batches.add(_fill_splits(plan, pa.Table.from_batches([batch], schema=schema), i))
+                                i += batch.num_rows
+                batches.flush()
 
         if single:
             tmp = to.parent / f".{to.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -620,7 +632,8 @@ def export_parquet(db: DatasetDB, to: Path, **plan_options: Any) -> tuple[Datase
             _marker(root, plan, "parquet", {})
         return plan, {"path": str(to / "manifest.parquet")}
     finally:
-        first.unlink(missing_ok=True)
+        for part in stem.parent.glob(f"{stem.name}-*.arrow"):
+            part.unlink(missing_ok=True)
 
 
 WRITERS: dict[str, Callable[[DatasetPlan, Path], dict[str, Any]]] = {

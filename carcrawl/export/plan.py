@@ -10,8 +10,9 @@ The order of decisions, the same for every format:
    an image with conflicting labels is still exported, and the conflict is recorded;
 6. the merge map renames or drops classes, ``labels`` selects some, ``min_count`` drops small ones.
 
-The plan streams: :func:`build_plan` reads the checkpoint once in pages (decisions 1-5 per image)
-and keeps only what the splits need (:class:`carcrawl.export.splits.Splitter`, ~50 bytes per
+The plan streams: :func:`build_plan` reads the checkpoint once in pages (decisions 1-5 per image),
+in ranges of sha256 read by one forked process per core for a large checkpoint (the pass is
+CPU-bound Python: :mod:`carcrawl.export.forked`), and keeps only what the splits need (:class:`carcrawl.export.splits.Splitter`, ~50 bytes per
 image) and per-class counts; :meth:`DatasetPlan.iter_entries` reads it again for the writers,
 one page at a time, so no writer holds more than a page (or a shard) of images.
 """
@@ -23,11 +24,12 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from carcrawl.errors import ConfigError
+from carcrawl.export import forked
 from carcrawl.export.dedup import SOURCE_RANK
 from carcrawl.export.labels import (
     SCHEMES,
@@ -39,6 +41,7 @@ from carcrawl.export.labels import (
 )
 from carcrawl.export.splits import SPLITS, Splitter, normalise_ratios
 from carcrawl.store.dataset import (
+    AFTER_EVERY_SHA,
     C_CATEGORY,
     C_ID,
     C_LICENSE,
@@ -63,6 +66,8 @@ from carcrawl.store.dataset import (
 )
 
 REFINED_THRESHOLD = 0.5
+#: images from which the plan's pass runs in one process per core unless told how many
+PARALLEL_FROM = 20_000
 #: bits of :attr:`DatasetPlan.flags` (what the report's gallery needs, one byte per image)
 REJECTED_BY_MODEL = 1
 MARKED_WRONG = 2
@@ -207,17 +212,20 @@ class DatasetPlan:
         self._decider = _Decider(scheme, merge, refined, vectors)
         self._names, self._splitter, self._split, self._dropped = label_names, splitter, split, dropped
         per_class: dict[str, dict[str, int]] = {}
-        for i in range(len(splitter)):
-            s = split[i]
-            if s >= 0:
-                label = label_names[splitter.label(i)]
-                per_class.setdefault(label, {"train": 0, "val": 0, "test": 0})[SPLITS[s]] += 1
+        s_arr = np.frombuffer(split, dtype=np.int8)
+        exported = s_arr >= 0
+        if exported.any():
+            lab = splitter.labels()[exported].astype(np.int64)
+            counts = np.bincount(lab * 3 + s_arr[exported], minlength=3 * len(label_names)).reshape(-1, 3)
+            for label_id in np.flatnonzero(counts.sum(axis=1)).tolist():
+                per_class[label_names[label_id]] = dict(zip(SPLITS, counts[label_id].tolist(), strict=True))
         self._per_class = dict(sorted(per_class.items()))
         self._excluded = Counter(dict(excluded.most_common()))
         self.exported_count = sum(sum(c.values()) for c in self._per_class.values())
         self.label_conflicts = sum(n for label_id, n in conflicts.items() if label_id not in dropped)
         self.classes = sorted(self._per_class)
         self.flags = array("b")  # per image: REJECTED_BY_MODEL | MARKED_WRONG, set by build_plan
+        self.parts = 1  # ranges of sha256 the plan's pass was split into (one process each)
 
     def class_indices(self) -> dict[str, array]:
         """label -> indices of its exported images (4 bytes each), in sha256 order."""
@@ -333,6 +341,130 @@ class DatasetPlan:
                 yield e
 
 
+class PageSink(Protocol):
+    """Sees every page of one part of the plan's pass as it is decided (before label selection,
+    ``min_count`` and splits, which need the whole pass), in the process reading that part."""
+
+    def add(self, page: PlanPage) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class _Part:
+    """What the plan's pass found in one range of sha256: label ids are this part's own
+    (indices into ``names``), images in sha256 order."""
+
+    names: list[str]
+    splitter: Splitter
+    flags: array
+    sizes: Counter[int]
+    conflicts: Counter[int]
+    excluded: Counter[str]
+
+
+def _plan_part(db: DatasetDB, decider: _Decider, plan_key: str, above: str, below: str,
+               sink: PageSink | None) -> _Part:
+    """Decisions 1-5 of every image whose sha256 sorts between ``above`` and ``below``."""
+    names: list[str] = []
+    ids: dict[str, int] = {}
+    part = _Part(names, Splitter(), array("b"), Counter(), Counter(), Counter())
+    sizes, conflicts, excluded, flags = part.sizes, part.conflicts, part.excluded, part.flags
+    previous = db.iter_previous_splits(plan_key, above, below)
+    prev = next(previous, None)
+    try:
+        for rows, cand_rows in db.iter_record_pages(above=above, below=below):
+            page = decider.page(rows, group_candidates(rows, cand_rows))
+            if sink is not None:
+                sink.add(page)
+            page_shas: list[str] = []
+            page_labels: list[int] = []
+            page_keys: list[list[str]] = []
+            page_prev: list[str | None] = []
+            for r, cs, label, why, conflict in zip(rows, page.cands, page.labels, page.excluded, page.conflicts,
+                                                   strict=True):
+                sha = r[R_SHA]
+                page_shas.append(sha)
+                while prev is not None and prev[0] < sha:
+                    prev = next(previous, None)
+                if label is None:
+                    excluded[_reason_kind(why)] += 1
+                    page_labels.append(-1)
+                    page_keys.append([])
+                    page_prev.append(None)
+                    best = r[R_BEST]
+                    flags.append((REJECTED_BY_MODEL if r[R_KEEP] is not None and not r[R_KEEP]
+                                  and not (best and best != sha) else 0)
+                                 | (MARKED_WRONG if why == "reviewer:wrong" else 0))
+                    continue
+                flags.append(0)
+                label_id = ids.get(label)
+                if label_id is None:
+                    label_id = ids[label] = len(names)
+                    names.append(label)
+                sizes[label_id] += 1
+                if conflict:
+                    conflicts[label_id] += 1
+                keys = [f"page:{c[C_PAGE_URL]}" for c in cs if c[C_PAGE_URL]]
+                if r[R_CLUSTER]:
+                    keys.append(f"cluster:{r[R_CLUSTER]}")
+                page_labels.append(label_id)
+                page_keys.append(keys)
+                page_prev.append(prev[1] if prev is not None and prev[0] == sha else None)
+            part.splitter.add_page(page_shas, page_labels, page_keys, page_prev)
+    finally:
+        previous.close()
+        if sink is not None:
+            sink.close()
+    return part
+
+
+def _bounds(parts: int) -> list[tuple[str, str]]:
+    """``parts`` ranges of sha256 of about equal numbers of images (digests are uniform)."""
+    cuts = ["", *(f"{k * 256 // parts:02x}" for k in range(1, parts)), AFTER_EVERY_SHA]
+    return list(zip(cuts[:-1], cuts[1:], strict=True))
+
+
+def plan_workers(db: DatasetDB, workers: int | None) -> int:
+    """Processes for the plan's pass: ``workers`` as asked, else one per core (at most
+    :data:`forked.MAX_WORKERS`) for a checkpoint of :data:`PARALLEL_FROM` images or more."""
+    if not forked.available():
+        return 1
+    if workers is not None:
+        if workers < 1:
+            raise ConfigError(f"--workers: expected 1 or more, got {workers}")
+        return workers
+    n = min(forked.cores(), forked.MAX_WORKERS)
+    return n if n > 1 and db.images_about() >= PARALLEL_FROM else 1
+
+
+def _plan_parts(db: DatasetDB, decider: _Decider, plan_key: str, workers: int,
+                page_sink: Callable[[int], PageSink] | None) -> list[_Part]:
+    """The plan's pass over the checkpoint in ``workers`` ranges of sha256: the first in this
+    process, the others in forked children, each with its own connection (the children fork
+    from the same interpreter, so ``hash()`` of a split key is the same in all of them)."""
+    sink = (lambda k: page_sink(k) if page_sink is not None else None)
+    bounds = _bounds(workers)
+    if workers == 1:
+        return [_plan_part(db, decider, plan_key, "", AFTER_EVERY_SHA, sink(0))]
+
+    def part_in_child(k: int) -> Callable[[], _Part]:
+        def run() -> _Part:
+            with DatasetDB.open(db.path) as own:
+                return _plan_part(own, decider, plan_key, *bounds[k], sink(k))
+        return run
+
+    children: list[forked.Child] = []
+    try:
+        with db.released():
+            children = [forked.Child(part_in_child(k)) for k in range(1, workers)]
+        first = _plan_part(db, decider, plan_key, *bounds[0], sink(0))
+        return [first, *(c.result() for c in children)]
+    finally:
+        for c in children:
+            c.kill()
+
+
 def build_plan(
     db: DatasetDB,
     *,
@@ -344,11 +476,13 @@ def build_plan(
     merge_map: Path | dict[str, str | None] | None = None,
     refined: bool = False,
     remember_splits: bool = True,
-    on_page: Callable[[PlanPage], None] | None = None,
+    workers: int | None = 1,
+    page_sink: Callable[[int], PageSink] | None = None,
 ) -> DatasetPlan:
-    """Plan the dataset in one pass over the checkpoint. ``on_page`` sees every page of images as
-    that pass decides it (before label selection, ``min_count`` and splits, which need the whole
-    pass): the Parquet writer builds its columns there instead of reading the checkpoint twice."""
+    """Plan the dataset in one pass over the checkpoint, split into ``workers`` ranges of sha256
+    read by as many processes (None: :func:`plan_workers` decides). ``page_sink(k)`` makes the
+    :class:`PageSink` of range ``k`` (0 first), in the process reading it: the Parquet writer
+    builds its columns there instead of reading the checkpoint twice."""
     if scheme not in SCHEMES:
         raise ConfigError(f"--scheme: expected one of {', '.join(SCHEMES)}, got {scheme!r}")
     try:
@@ -360,56 +494,33 @@ def build_plan(
     merge = read_merge_map(merge_map) if isinstance(merge_map, Path) else dict(merge_map or {})
     vectors = bodytype_vectors(db.bodytype_hits())
     plan_key = f"{scheme}|seed={seed}|ratios={','.join(f'{r:.4f}' for r in shares)}"
+    decider = _Decider(scheme, merge, refined, vectors)
+    parts = _plan_parts(db, decider, plan_key, plan_workers(db, workers), page_sink)
 
+    # the parts in sha256 order, their label ids renumbered in order of first appearance (as one pass would)
     names: list[str] = []
     ids: dict[str, int] = {}
     sizes: Counter[int] = Counter()
     conflicts: Counter[int] = Counter()
     excluded: Counter[str] = Counter()
-    splitter = Splitter()
+    splitter = parts[0].splitter if len(parts) == 1 else Splitter()
     flags = array("b")
-    previous = db.iter_previous_splits(plan_key)
-    prev = next(previous, None)
-    decider = _Decider(scheme, merge, refined, vectors)
-    for rows, cand_rows in db.iter_record_pages():
-        page = decider.page(rows, group_candidates(rows, cand_rows))
-        if on_page is not None:
-            on_page(page)
-        page_shas: list[str] = []
-        page_labels: list[int] = []
-        page_keys: list[list[str]] = []
-        page_prev: list[str | None] = []
-        for r, cs, label, why, conflict in zip(rows, page.cands, page.labels, page.excluded, page.conflicts,
-                                               strict=True):
-            sha = r[R_SHA]
-            page_shas.append(sha)
-            while prev is not None and prev[0] < sha:
-                prev = next(previous, None)
-            if label is None:
-                excluded[_reason_kind(why)] += 1
-                page_labels.append(-1)
-                page_keys.append([])
-                page_prev.append(None)
-                best = r[R_BEST]
-                flags.append((REJECTED_BY_MODEL if r[R_KEEP] is not None and not r[R_KEEP]
-                              and not (best and best != sha) else 0)
-                             | (MARKED_WRONG if why == "reviewer:wrong" else 0))
-                continue
-            flags.append(0)
-            label_id = ids.get(label)
+    for part in parts:
+        to_global: list[int] = []
+        for name in part.names:
+            label_id = ids.get(name)
             if label_id is None:
-                label_id = ids[label] = len(names)
-                names.append(label)
-            sizes[label_id] += 1
-            if conflict:
-                conflicts[label_id] += 1
-            keys = [f"page:{c[C_PAGE_URL]}" for c in cs if c[C_PAGE_URL]]
-            if r[R_CLUSTER]:
-                keys.append(f"cluster:{r[R_CLUSTER]}")
-            page_labels.append(label_id)
-            page_keys.append(keys)
-            page_prev.append(prev[1] if prev is not None and prev[0] == sha else None)
-        splitter.add_page(page_shas, page_labels, page_keys, page_prev)
+                label_id = ids[name] = len(names)
+                names.append(name)
+            to_global.append(label_id)
+        if len(parts) > 1:
+            splitter.extend(part.splitter, to_global)
+        flags.extend(part.flags)
+        for label_id, n in part.sizes.items():
+            sizes[to_global[label_id]] += n
+        for label_id, n in part.conflicts.items():
+            conflicts[to_global[label_id]] += n
+        excluded.update(part.excluded)
 
     dropped: dict[int, str] = {}
     if labels:
@@ -433,5 +544,5 @@ def build_plan(
         db.save_splits(plan_key, ((splitter.sha(i), SPLITS[split[i]]) for i in splitter.changed(split).tolist()))
     plan = DatasetPlan(db, scheme, seed, shares, merge, refined, vectors, names, splitter, split, dropped,
                        excluded, conflicts)
-    plan.flags = flags
+    plan.flags, plan.parts = flags, len(parts)
     return plan

@@ -83,6 +83,18 @@ class Splitter:
                     key_hash(hash(key))
                     owner(first + k)
 
+    def extend(self, other: Splitter, label_ids: list[int]) -> None:
+        """Append ``other``'s images (all sorting after this one's), its label ``i`` renamed
+        ``label_ids[i]``."""
+        first = len(self._label)
+        self._sha += other._sha
+        lab = np.frombuffer(other._label, dtype=np.int32)
+        to = np.asarray(label_ids, dtype=np.int32)
+        self._label.frombytes(np.where(lab >= 0, to[np.maximum(lab, 0)] if to.size else -1, -1).astype(np.int32).tobytes())
+        self._prev.extend(other._prev)
+        self._key_hash.extend(other._key_hash)
+        self._key_owner.frombytes((np.frombuffer(other._key_owner, dtype=np.int32) + first).astype(np.int32).tobytes())
+
     def changed(self, split: array) -> np.ndarray:
         """Indices of the images ``split`` (from :meth:`assign`) puts in a split other than the one
         an earlier export gave them (or that had none): the only rows worth remembering again."""
@@ -94,6 +106,10 @@ class Splitter:
 
     def label(self, i: int) -> int:
         return self._label[i]
+
+    def labels(self) -> np.ndarray:
+        """Every image's label id as an int32 array (a view, no copy)."""
+        return np.frombuffer(self._label, dtype=np.int32)
 
     def assign(self, ratios: Iterable[float], seed: int, label_names: list[str],
                dropped: Iterable[int] = ()) -> array:

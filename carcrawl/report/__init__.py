@@ -211,7 +211,7 @@ def write_report(target: str | Path, to: str | Path | None = None, *, per_class:
     (assets / "thumbs").mkdir(parents=True, exist_ok=True)
     with DatasetDB.open(target) as db:
         scheme = scheme or _pick_scheme(db)
-        plan = build_plan(db, scheme=scheme, remember_splits=False)
+        plan = build_plan(db, scheme=scheme, remember_splits=False, workers=None)
         by_class = plan.class_indices()
         rejected_ix = plan.flagged(REJECTED_BY_MODEL)
         marked_wrong = list(plan.entries_at(plan.flagged(MARKED_WRONG)[:REJECTED_SAMPLE]))

@@ -20,6 +20,7 @@ WAL checkpoint is delayed by milliseconds, not blocked.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -122,6 +123,8 @@ class DedupMember:
 
 
 RECORD_PAGE = 2000
+#: sorts after every sha256 hex digest (the open upper end of a range of images)
+AFTER_EVERY_SHA = "g"
 
 _RECORDS = (
     "SELECT i.sha256, i.path, i.format, i.bytes, coalesce(i.width, h.width), coalesce(i.height, h.height),"
@@ -234,6 +237,21 @@ class DatasetDB:
 
     def close(self) -> None:
         self.con.close()
+
+    @contextlib.contextmanager
+    def released(self) -> Iterator[None]:
+        """The connection closed for the block and opened again after it: a process about to
+        fork() holds none (SQLite: a connection must not cross a fork; each child opens its own)."""
+        self.con.close()
+        try:
+            yield
+        finally:
+            self.con = DatasetDB.open(self.path).con
+
+    def images_about(self) -> int:
+        """About how many images the checkpoint holds (the highest rowid: one B-tree descent,
+        where a count reads them all)."""
+        return self.con.execute("SELECT coalesce(max(rowid), 0) FROM images").fetchone()[0]
 
     def checkpoint_wal(self) -> None:
         """Move what this connection committed from the WAL into the checkpoint now. An export
@@ -438,14 +456,16 @@ class DatasetDB:
 
     # -- the dataset --------------------------------------------------------------------------
 
-    def iter_record_pages(self, page: int = RECORD_PAGE) -> Iterator[tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]]:
-        """(image rows, their candidate rows) of every stored image, ``page`` images at a time in
-        sha256 order (keyset on the primary key): plain tuples (columns ``R_*`` and ``C_*``), so
-        the plan's pass and the Parquet manifest make no object per image."""
-        after = ""
+    def iter_record_pages(self, page: int = RECORD_PAGE, above: str = "", below: str = AFTER_EVERY_SHA,
+                          ) -> Iterator[tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]]:
+        """(image rows, their candidate rows) of every stored image whose sha256 sorts between
+        ``above`` and ``below`` (default: all), ``page`` images at a time in sha256 order (keyset
+        on the primary key): plain tuples (columns ``R_*`` and ``C_*``), so the plan's pass and
+        the Parquet manifest make no object per image."""
+        after = above
         while True:
             rows = self.con.execute(_RECORDS + " WHERE +i.state IN ('done', 'rejected') AND i.sha256 > ?"
-                                    " ORDER BY i.sha256 LIMIT ?", (after, page)).fetchall()
+                                    " AND i.sha256 < ? ORDER BY i.sha256 LIMIT ?", (after, below, page)).fetchall()
             if not rows:
                 return
             cands = self.con.execute(_CANDIDATES + " AND c.sha256 BETWEEN ? AND ? ORDER BY c.sha256, c.id",
@@ -509,9 +529,11 @@ class DatasetDB:
     def previous_splits(self, plan: str) -> dict[str, str]:
         return dict(self.con.execute("SELECT sha256, split FROM splits WHERE plan = ?", (plan,)).fetchall())
 
-    def iter_previous_splits(self, plan: str) -> Iterator[tuple[str, str]]:
-        """(sha256, split) an earlier export of ``plan`` gave, in sha256 order (streamed)."""
-        yield from self.con.execute("SELECT sha256, split FROM splits WHERE plan = ? ORDER BY sha256", (plan,))
+    def iter_previous_splits(self, plan: str, above: str = "", below: str = AFTER_EVERY_SHA) -> Iterator[tuple[str, str]]:
+        """(sha256, split) an earlier export of ``plan`` gave, in sha256 order (streamed), of the
+        images between ``above`` and ``below`` (default: all)."""
+        yield from self.con.execute("SELECT sha256, split FROM splits WHERE plan = ? AND sha256 > ? AND sha256 < ?"
+                                    " ORDER BY sha256", (plan, above, below))
 
     def save_splits(self, plan: str, assignments: dict[str, str] | Iterable[tuple[str, str]]) -> None:
         """Remember (sha256, split) pairs of a plan, one transaction, inserted in batches."""
