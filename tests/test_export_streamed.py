@@ -141,14 +141,15 @@ def test_remembered_splits_are_kept_like_before(crawl: Path, tmp_path: Path) -> 
     assert _splits(new_crawl) == _splits(old_crawl)
 
 
-def _cli_export(out: Path, fmt: str, to: Path, *args: str) -> None:
+def _cli_export(out: Path, fmt: str, to: Path, *args: str) -> str:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     done = subprocess.run([sys.executable, "-m", "carcrawl.cli", "export", str(out), "--format", fmt, "--to", str(to),
                            "--no-dedup", *args], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
 
 
-@pytest.mark.skipif(not forked.available(), reason="the plan's pass forks only on Linux")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the plan's pass forks only on Linux")
 @pytest.mark.parametrize("cli_options, options", [
     ((), {}),
     (("--scheme", "body_type", "--min-count", "3", "--seed", "2"), {"scheme": "body_type", "min_count": 3, "seed": 2}),
@@ -167,7 +168,8 @@ def test_a_plan_split_over_processes_exports_what_one_process_exports(
     for round_ in (1, 2):
         for fmt in ("imagefolder", "hf", "webdataset", "parquet"):
             export(one, fmt, one.parent / f"{fmt}{round_}", workers=1, **options)
-            _cli_export(many, fmt, many.parent / f"{fmt}{round_}", "--workers", "3", *cli_options)
+            said = _cli_export(many, fmt, many.parent / f"{fmt}{round_}", "--workers", "3", *cli_options)
+            assert "planned by 3 processes" in said, said
             if fmt == "parquet":
                 rows = pq.read_table(many.parent / f"{fmt}{round_}" / "manifest.parquet").to_pylist()
                 assert len(rows) > 40 and sum(r["in_dataset"] for r in rows) > 10
@@ -182,7 +184,7 @@ def test_a_plan_split_over_processes_exports_what_one_process_exports(
     assert _splits(many) == _splits(one) and _splits(one)
 
 
-@pytest.mark.skipif(not forked.available(), reason="forks only on Linux")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forks only on Linux")
 def test_a_forked_part_hands_back_its_result_its_error_or_its_death() -> None:
     assert forked.Child(lambda: {"images": 3}).result() == {"images": 3}
 

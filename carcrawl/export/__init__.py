@@ -37,6 +37,7 @@ class ExportSummary:
     label_conflicts: int
     missing_from_split: dict[str, list[str]]
     details: dict[str, Any]
+    plan_processes: int = 1  # processes that shared the plan's pass
 
     def __str__(self) -> str:
         lines = [
@@ -44,6 +45,8 @@ class ExportSummary:
             f"  {self.images} images in {self.classes} classes ({self.scheme}): "
             + ", ".join(f"{k} {v}" for k, v in self.splits.items()),
         ]
+        if self.plan_processes > 1:
+            lines.append(f"  planned by {self.plan_processes} processes, one range of sha256 each")
         if self.excluded:
             shown = list(self.excluded.items())[:8]
             rest = len(self.excluded) - len(shown)
@@ -113,5 +116,5 @@ def export(
         format=fmt, path=details["path"], scheme=scheme, images=plan.exported_count, classes=len(per_class),
         splits=splits, per_class=per_class, excluded=plan.excluded_counts(),
         label_conflicts=plan.label_conflicts, missing_from_split=missing,
-        details=details,
+        details=details, plan_processes=plan.parts,
     )

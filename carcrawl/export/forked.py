@@ -10,10 +10,12 @@ without a result is a :class:`CarcrawlError`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -23,8 +25,10 @@ MAX_WORKERS = 4
 
 
 def available() -> bool:
-    """Whether parts can be forked here (Linux: fork() is safe with the libraries we load)."""
-    return sys.platform.startswith("linux") and hasattr(os, "fork")
+    """Whether parts can be forked here: on Linux, from a process running one thread (a child
+    forked while another thread holds a lock would wait for it forever; the CLI has one thread,
+    a program calling the export from its own threads gets the single-process pass)."""
+    return sys.platform.startswith("linux") and hasattr(os, "fork") and threading.active_count() == 1
 
 
 def cores() -> int:
@@ -72,14 +76,11 @@ class Child:
         return value
 
     def kill(self) -> None:
+        """End a child whose result is no longer wanted (the parent failed or was interrupted)."""
         if self.pid:
-            try:
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
                 os.kill(self.pid, signal.SIGKILL)
                 os.waitpid(self.pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
             self.pid = 0
-            try:
+            with contextlib.suppress(OSError):
                 os.close(self._read)
-            except OSError:
-                pass

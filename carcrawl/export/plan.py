@@ -12,8 +12,8 @@ The order of decisions, the same for every format:
 
 The plan streams: :func:`build_plan` reads the checkpoint once in pages (decisions 1-5 per image),
 in ranges of sha256 read by one forked process per core for a large checkpoint (the pass is
-CPU-bound Python: :mod:`carcrawl.export.forked`), and keeps only what the splits need (:class:`carcrawl.export.splits.Splitter`, ~50 bytes per
-image) and per-class counts; :meth:`DatasetPlan.iter_entries` reads it again for the writers,
+CPU-bound Python: :mod:`carcrawl.export.forked`), and keeps only what the splits need
+(:class:`carcrawl.export.splits.Splitter`, ~50 bytes per image) and per-class counts; :meth:`DatasetPlan.iter_entries` reads it again for the writers,
 one page at a time, so no writer holds more than a page (or a shard) of images.
 """
 
@@ -428,12 +428,12 @@ def _bounds(parts: int) -> list[tuple[str, str]]:
 def plan_workers(db: DatasetDB, workers: int | None) -> int:
     """Processes for the plan's pass: ``workers`` as asked, else one per core (at most
     :data:`forked.MAX_WORKERS`) for a checkpoint of :data:`PARALLEL_FROM` images or more."""
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers: expected 1 or more, got {workers}")
     if not forked.available():
         return 1
     if workers is not None:
-        if workers < 1:
-            raise ConfigError(f"--workers: expected 1 or more, got {workers}")
-        return workers
+        return min(workers, 256)  # ranges are cut at the first two hex digits
     n = min(forked.cores(), forked.MAX_WORKERS)
     return n if n > 1 and db.images_about() >= PARALLEL_FROM else 1
 
@@ -443,7 +443,9 @@ def _plan_parts(db: DatasetDB, decider: _Decider, plan_key: str, workers: int,
     """The plan's pass over the checkpoint in ``workers`` ranges of sha256: the first in this
     process, the others in forked children, each with its own connection (the children fork
     from the same interpreter, so ``hash()`` of a split key is the same in all of them)."""
-    sink = (lambda k: page_sink(k) if page_sink is not None else None)
+    def sink(k: int) -> PageSink | None:
+        return page_sink(k) if page_sink is not None else None
+
     bounds = _bounds(workers)
     if workers == 1:
         return [_plan_part(db, decider, plan_key, "", AFTER_EVERY_SHA, sink(0))]
