@@ -17,9 +17,14 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from carcrawl.errors import CarcrawlError
+
+if TYPE_CHECKING:
+    from carcrawl.store.dataset import DatasetDB
+
+T = TypeVar("T")
 
 MAX_WORKERS = 4
 
@@ -84,3 +89,26 @@ class Child:
             self.pid = 0
             with contextlib.suppress(OSError):
                 os.close(self._read)
+
+
+def run_parts(db: DatasetDB, parts: list[Callable[[DatasetDB], T]]) -> list[T]:
+    """``parts[0](db)`` in this process and every other part in a forked child with its own
+    connection to ``db``'s checkpoint; their results in order. ``db``'s connection is closed
+    while the children fork and opened again after."""
+    from carcrawl.store.dataset import DatasetDB
+
+    def in_child(part: Callable[[DatasetDB], T]) -> Callable[[], T]:
+        def run() -> T:
+            with DatasetDB.open(db.path) as own:
+                return part(own)
+        return run
+
+    children: list[Child] = []
+    try:
+        with db.released():
+            children = [Child(in_child(part)) for part in parts[1:]]
+        first = parts[0](db)
+        return [first, *(c.result() for c in children)]
+    finally:
+        for c in children:
+            c.kill()

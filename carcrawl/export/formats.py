@@ -27,11 +27,13 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from array import array
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from carcrawl.errors import CarcrawlError
+from carcrawl.export import forked
 from carcrawl.export.labels import folder_names, inside
 from carcrawl.export.plan import DatasetPlan, Entry, PlanPage, build_plan
 from carcrawl.export.splits import SPLITS, normalise_ratios
@@ -339,42 +341,58 @@ class _Tar:
 
 
 def write_webdataset(plan: DatasetPlan, to: Path, shard_samples: int = SHARD_SAMPLES) -> dict[str, Any]:
-    index = {c: i for i, c in enumerate(plan.classes)}
-    shards: list[str] = []
-    base = str(plan.out_dir)
+    """Each split in its seeded shuffle (training reads shards in order), cut into shards up front
+    from the plan's file sizes, the shards dealt round-robin to as many processes as planned."""
+    jobs: list[tuple[str, array]] = []
+    for split_i, split in enumerate(SPLITS):
+        order = plan.indices(split_i)  # sha256 order, 4 bytes per image
+        random.Random(f"{plan.seed}:{split}").shuffle(order)
+        jobs += [(f"{split}-{i:06d}.tar", members)
+                 for i, members in enumerate(_shard_cuts(order, plan.image_bytes, shard_samples))]
     with _Output(to) as root:
-        for split_i, split in enumerate(SPLITS):
-            order = plan.indices(split_i)  # sha256 order, 4 bytes per image
-            random.Random(f"{plan.seed}:{split}").shuffle(order)  # training reads shards in order
-            for i, shard in enumerate(_shards(plan.entries_at(order), shard_samples)):
-                name = f"{split}-{i:06d}.tar"
-                shards.append(name)
-                with _Tar(root / name) as tar:
-                    for e in shard:
-                        key, ext = e.record.sha256, EXTENSIONS.get(e.record.format, "bin")
-                        meta = json.dumps(manifest_row(plan, e), ensure_ascii=False).encode()
-                        cls = str(index[e.label or ""]).encode()
-                        tar.add_file(f"{key}.{ext}", _source(base, e))
-                        tar.add(f"{key}.json", meta)
-                        tar.add(f"{key}.cls", cls)
+        workers = min(plan.parts, len(jobs)) if forked.available() else 1
+        shares = [jobs[k::workers] for k in range(workers)]
+        if workers > 1:
+            forked.run_parts(plan.db, [_shard_writer(plan, root, share) for share in shares])
+        else:
+            _write_shards(plan, root, jobs)
         _classes_file(root, plan)
+        shards = [name for name, _members in jobs]
         _marker(root, plan, "webdataset", {"shards": shards})
     return {"path": str(to), "shards": shards}
 
 
-def _shards(entries: Iterable[Entry], max_samples: int) -> Iterator[list[Entry]]:
-    """Cut a split into shards of at most ``max_samples`` samples and about ``SHARD_BYTES`` bytes
-    (one shard's entries in memory at a time)."""
-    shard: list[Entry] = []
-    size = 0
-    for e in entries:
-        if shard and (len(shard) >= max_samples or size >= SHARD_BYTES):
-            yield shard
-            shard, size = [], 0
-        shard.append(e)
-        size += e.record.bytes
-    if shard:
-        yield shard
+def _shard_cuts(order: array, image_bytes: array, max_samples: int) -> Iterator[array]:
+    """``order`` cut into shards of at most ``max_samples`` samples and about ``SHARD_BYTES``
+    bytes (a shard closes once it holds either)."""
+    start, size = 0, 0
+    for k, i in enumerate(order):
+        if k > start and (k - start >= max_samples or size >= SHARD_BYTES):
+            yield order[start:k]
+            start, size = k, 0
+        size += image_bytes[i]
+    if len(order) > start:
+        yield order[start:]
+
+
+def _shard_writer(plan: DatasetPlan, root: Path, jobs: list[tuple[str, array]]) -> Callable[[DatasetDB], None]:
+    def write(db: DatasetDB) -> None:
+        plan.db = db  # in a forked child: its own connection (the parent's own part gets the parent's)
+        _write_shards(plan, root, jobs)
+    return write
+
+
+def _write_shards(plan: DatasetPlan, root: Path, jobs: list[tuple[str, array]]) -> None:
+    index = {c: i for i, c in enumerate(plan.classes)}
+    base = str(plan.out_dir)
+    for name, members in jobs:
+        with _Tar(root / name) as tar:
+            for e in plan.entries_at(members):
+                key, ext = e.record.sha256, EXTENSIONS.get(e.record.format, "bin")
+                meta = json.dumps(manifest_row(plan, e), ensure_ascii=False).encode()
+                tar.add_file(f"{key}.{ext}", _source(base, e))
+                tar.add(f"{key}.json", meta)
+                tar.add(f"{key}.cls", str(index[e.label or ""]).encode())
 
 
 def _manifest_schema(plan: DatasetPlan) -> Any:

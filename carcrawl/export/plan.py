@@ -50,6 +50,7 @@ from carcrawl.store.dataset import (
     C_RANK,
     C_SOURCE,
     R_BEST,
+    R_BYTES,
     R_CLUSTER,
     R_KEEP,
     R_MARK,
@@ -226,6 +227,7 @@ class DatasetPlan:
         self.classes = sorted(self._per_class)
         self.flags = array("b")  # per image: REJECTED_BY_MODEL | MARKED_WRONG, set by build_plan
         self.parts = 1  # ranges of sha256 the plan's pass was split into (one process each)
+        self.image_bytes = array("q")  # per image: its file's size (WebDataset cuts its shards up front)
 
     def class_indices(self) -> dict[str, array]:
         """label -> indices of its exported images (4 bytes each), in sha256 order."""
@@ -358,6 +360,7 @@ class _Part:
     names: list[str]
     splitter: Splitter
     flags: array
+    image_bytes: array
     sizes: Counter[int]
     conflicts: Counter[int]
     excluded: Counter[str]
@@ -368,7 +371,7 @@ def _plan_part(db: DatasetDB, decider: _Decider, plan_key: str, above: str, belo
     """Decisions 1-5 of every image whose sha256 sorts between ``above`` and ``below``."""
     names: list[str] = []
     ids: dict[str, int] = {}
-    part = _Part(names, Splitter(), array("b"), Counter(), Counter(), Counter())
+    part = _Part(names, Splitter(), array("b"), array("q"), Counter(), Counter(), Counter())
     sizes, conflicts, excluded, flags = part.sizes, part.conflicts, part.excluded, part.flags
     previous = db.iter_previous_splits(plan_key, above, below)
     prev = next(previous, None)
@@ -377,6 +380,7 @@ def _plan_part(db: DatasetDB, decider: _Decider, plan_key: str, above: str, belo
             page = decider.page(rows, group_candidates(rows, cand_rows))
             if sink is not None:
                 sink.add(page)
+            part.image_bytes.extend([r[R_BYTES] for r in rows])
             page_shas: list[str] = []
             page_labels: list[int] = []
             page_keys: list[list[str]] = []
@@ -441,30 +445,17 @@ def plan_workers(db: DatasetDB, workers: int | None) -> int:
 def _plan_parts(db: DatasetDB, decider: _Decider, plan_key: str, workers: int,
                 page_sink: Callable[[int], PageSink] | None) -> list[_Part]:
     """The plan's pass over the checkpoint in ``workers`` ranges of sha256: the first in this
-    process, the others in forked children, each with its own connection (the children fork
-    from the same interpreter, so ``hash()`` of a split key is the same in all of them)."""
-    def sink(k: int) -> PageSink | None:
-        return page_sink(k) if page_sink is not None else None
-
+    process, the others in forked children (:func:`forked.run_parts`; forked from the same
+    interpreter, so ``hash()`` of a split key is the same in all of them)."""
     bounds = _bounds(workers)
+
+    def part(k: int) -> Callable[[DatasetDB], _Part]:
+        return lambda own: _plan_part(own, decider, plan_key, *bounds[k],
+                                      page_sink(k) if page_sink is not None else None)
+
     if workers == 1:
-        return [_plan_part(db, decider, plan_key, "", AFTER_EVERY_SHA, sink(0))]
-
-    def part_in_child(k: int) -> Callable[[], _Part]:
-        def run() -> _Part:
-            with DatasetDB.open(db.path) as own:
-                return _plan_part(own, decider, plan_key, *bounds[k], sink(k))
-        return run
-
-    children: list[forked.Child] = []
-    try:
-        with db.released():
-            children = [forked.Child(part_in_child(k)) for k in range(1, workers)]
-        first = _plan_part(db, decider, plan_key, *bounds[0], sink(0))
-        return [first, *(c.result() for c in children)]
-    finally:
-        for c in children:
-            c.kill()
+        return [part(0)(db)]
+    return forked.run_parts(db, [part(k) for k in range(workers)])
 
 
 def build_plan(
@@ -507,6 +498,7 @@ def build_plan(
     excluded: Counter[str] = Counter()
     splitter = parts[0].splitter if len(parts) == 1 else Splitter()
     flags = array("b")
+    image_bytes = parts[0].image_bytes if len(parts) == 1 else array("q")
     for part in parts:
         to_global: list[int] = []
         for name in part.names:
@@ -518,6 +510,8 @@ def build_plan(
         if len(parts) > 1:
             splitter.extend(part.splitter, to_global)
         flags.extend(part.flags)
+        if len(parts) > 1:
+            image_bytes.extend(part.image_bytes)
         for label_id, n in part.sizes.items():
             sizes[to_global[label_id]] += n
         for label_id, n in part.conflicts.items():
@@ -546,5 +540,5 @@ def build_plan(
         db.save_splits(plan_key, ((splitter.sha(i), SPLITS[split[i]]) for i in splitter.changed(split).tolist()))
     plan = DatasetPlan(db, scheme, seed, shares, merge, refined, vectors, names, splitter, split, dropped,
                        excluded, conflicts)
-    plan.flags, plan.parts = flags, len(parts)
+    plan.flags, plan.image_bytes, plan.parts = flags, image_bytes, len(parts)
     return plan
