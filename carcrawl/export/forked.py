@@ -75,7 +75,10 @@ class Child:
         self.pid = 0
         if not data:
             raise CarcrawlError("a worker of the dataset pass died before it finished (out of memory?)")
-        ok, value = pickle.loads(data)
+        try:
+            ok, value = pickle.loads(data)
+        except Exception as e:  # noqa: BLE001 - e.g. an exception class that cannot be rebuilt here
+            raise CarcrawlError(f"a worker of the dataset pass failed and its error could not be read ({e})") from None
         if not ok:
             raise value
         return value
