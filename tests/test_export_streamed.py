@@ -184,6 +184,14 @@ def test_a_plan_split_over_processes_exports_what_one_process_exports(
     assert _splits(many) == _splits(one) and _splits(one)
 
 
+def test_workers_below_one_is_a_clear_error(crawl: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(crawl, out)
+    with pytest.raises(ConfigError, match="--workers: expected 1 or more, got 0"):
+        export(out, "parquet", tmp_path / "p", workers=0)
+    assert not (tmp_path / "p").exists() and not list(tmp_path.glob(".p*"))
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forks only on Linux")
 def test_a_forked_part_hands_back_its_result_its_error_or_its_death() -> None:
     assert forked.Child(lambda: {"images": 3}).result() == {"images": 3}
