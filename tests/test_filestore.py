@@ -8,7 +8,9 @@ import shutil
 import threading
 from pathlib import Path
 
-from carcrawl.filestore import ImageFiles
+import pytest
+
+from carcrawl.filestore import ImageFiles, relative_path, relative_paths
 
 
 def _writer_threads() -> list[threading.Thread]:
@@ -50,3 +52,19 @@ async def test_a_folder_removed_after_a_write_is_made_again(tmp_path: Path) -> N
     c = await files.write(second, "jpeg", b"ignored: the name says these are the same bytes")
     assert c == b and files.read(c.path) == b"second"
     await files.close()
+
+
+@pytest.mark.parametrize("bad", [["a" * 63 + "\n" + "b" * 64], ["../" + "a" * 61], ["a" * 63, "a" * 65], ["A" * 64]])
+def test_a_page_of_paths_refuses_what_one_path_refuses(bad: list[str]) -> None:
+    """The batched check (one regex over the page) lets no digest through that the per-image one refuses."""
+    with pytest.raises(ValueError, match="not a sha256 hex digest"):
+        relative_paths(bad, ["jpeg"] * len(bad))
+    with pytest.raises(ValueError, match="not a sha256 hex digest"):
+        for sha in bad:
+            relative_path(sha, "jpeg")
+
+
+def test_a_page_of_paths_is_the_paths_one_by_one() -> None:
+    shas = [f"{k:064x}" for k in range(5)]
+    formats = ["jpeg", "png", "webp", "weird", "gif"]
+    assert relative_paths(shas, formats, "..") == [f"../{relative_path(s, f)}" for s, f in zip(shas, formats, strict=True)]

@@ -97,8 +97,11 @@ class Child:
 def run_parts(db: DatasetDB, parts: list[Callable[[DatasetDB], T]]) -> list[T]:
     """``parts[0](db)`` in this process and every other part in a forked child with its own
     connection to ``db``'s checkpoint; their results in order. ``db``'s connection is closed
-    while the children fork and opened again after."""
+    while the children fork and opened again after (one part: no fork, nothing closed)."""
     from carcrawl.store.dataset import DatasetDB
+
+    if len(parts) == 1:
+        return [parts[0](db)]
 
     def in_child(part: Callable[[DatasetDB], T]) -> Callable[[], T]:
         def run() -> T:

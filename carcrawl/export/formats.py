@@ -23,7 +23,6 @@ import errno
 import json
 import os
 import random
-import re
 import shutil
 import time
 import uuid
@@ -37,7 +36,7 @@ from carcrawl.export import forked
 from carcrawl.export.labels import folder_names, inside
 from carcrawl.export.plan import DatasetPlan, Entry, PlanPage, build_plan
 from carcrawl.export.splits import SPLITS, normalise_ratios
-from carcrawl.filestore import EXTENSIONS, relative_path
+from carcrawl.filestore import EXTENSIONS, relative_path, relative_paths
 from carcrawl.store.dataset import (
     C_ATTRIBUTION,
     C_BODY_TYPE,
@@ -350,12 +349,8 @@ def write_webdataset(plan: DatasetPlan, to: Path, shard_samples: int = SHARD_SAM
         jobs += [(f"{split}-{i:06d}.tar", members)
                  for i, members in enumerate(_shard_cuts(order, plan.image_bytes, shard_samples))]
     with _Output(to) as root:
-        workers = min(plan.parts, len(jobs)) if forked.available() else 1
-        shares = [jobs[k::workers] for k in range(workers)]
-        if workers > 1:
-            forked.run_parts(plan.db, [_shard_writer(plan, root, share) for share in shares])
-        else:
-            _write_shards(plan, root, jobs)
+        workers = max(1, min(plan.parts, len(jobs)) if forked.available() else 1)
+        forked.run_parts(plan.db, [_shard_writer(plan, root, jobs[k::workers]) for k in range(workers)])
         _classes_file(root, plan)
         shards = [name for name, _members in jobs]
         _marker(root, plan, "webdataset", {"shards": shards})
@@ -441,20 +436,6 @@ def _top5_columns(texts: tuple[str | None, ...]) -> tuple[Any, Any]:
                 pa.array([[p[1] for p in t] for t in top5], pa.list_(pa.float32())))
 
 
-_SHA_LINES = re.compile(r"(?:[0-9a-f]{64}\n)*")
-
-
-def _image_paths(shas: tuple[str, ...], formats: tuple[str, ...], prefix: str) -> list[str]:
-    """:func:`carcrawl.filestore.relative_path` of a page of images under ``prefix``, the page's
-    sha256 digests checked with one regex match instead of one per image."""
-    if _SHA_LINES.fullmatch("\n".join(shas) + "\n" if shas else "") is None:
-        bad = next(s for s in shas if not _SHA_LINES.fullmatch(s + "\n"))
-        raise ValueError(f"not a sha256 hex digest: {bad[:80]!r}")
-    base = os.path.join(prefix, "images", "")
-    ext = EXTENSIONS.get
-    return [f"{base}{sha[:2]}/{sha[2:4]}/{sha}.{ext(fmt, 'bin')}" for sha, fmt in zip(shas, formats, strict=True)]
-
-
 def _page_table(page: PlanPage, schema: Any, scheme: str, prefix: str) -> Any:
     """One page of the manifest as an Arrow table, built column by column from the checkpoint's
     rows (the split columns as the plan's pass left them: :func:`_fill_splits` sets them)."""
@@ -475,7 +456,7 @@ def _page_table(page: PlanPage, schema: Any, scheme: str, prefix: str) -> Any:
         vectors.append(items)
     cols = {
         "sha256": shas,
-        "path": _image_paths(shas, r[R_FORMAT], prefix),
+        "path": relative_paths(shas, r[R_FORMAT], prefix),
         "label": page.labels, "split": [None] * n, "in_dataset": [x is None for x in page.excluded],
         "excluded_reason": page.excluded, "scheme": [scheme] * n,
         "make": c[C_MAKE], "model": c[C_MODEL], "color": c[C_COLOR], "body_type": c[C_BODY_TYPE],

@@ -453,8 +453,6 @@ def _plan_parts(db: DatasetDB, decider: _Decider, plan_key: str, workers: int,
         return lambda own: _plan_part(own, decider, plan_key, *bounds[k],
                                       page_sink(k) if page_sink is not None else None)
 
-    if workers == 1:
-        return [part(0)(db)]
     return forked.run_parts(db, [part(k) for k in range(workers)])
 
 
@@ -496,9 +494,9 @@ def build_plan(
     sizes: Counter[int] = Counter()
     conflicts: Counter[int] = Counter()
     excluded: Counter[str] = Counter()
-    splitter = parts[0].splitter if len(parts) == 1 else Splitter()
+    splitter = Splitter()
     flags = array("b")
-    image_bytes = parts[0].image_bytes if len(parts) == 1 else array("q")
+    image_bytes = array("q")
     for part in parts:
         to_global: list[int] = []
         for name in part.names:
@@ -507,11 +505,9 @@ def build_plan(
                 label_id = ids[name] = len(names)
                 names.append(name)
             to_global.append(label_id)
-        if len(parts) > 1:
-            splitter.extend(part.splitter, to_global)
+        splitter.extend(part.splitter, to_global)
         flags.extend(part.flags)
-        if len(parts) > 1:
-            image_bytes.extend(part.image_bytes)
+        image_bytes.extend(part.image_bytes)
         for label_id, n in part.sizes.items():
             sizes[to_global[label_id]] += n
         for label_id, n in part.conflicts.items():

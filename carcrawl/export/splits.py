@@ -89,8 +89,8 @@ class Splitter:
         first = len(self._label)
         self._sha += other._sha
         lab = np.frombuffer(other._label, dtype=np.int32)
-        to = np.asarray(label_ids, dtype=np.int32)
-        self._label.frombytes(np.where(lab >= 0, to[np.maximum(lab, 0)] if to.size else -1, -1).astype(np.int32).tobytes())
+        to = np.asarray([*label_ids, -1], dtype=np.int32)  # label -1 (not in the dataset) stays -1
+        self._label.frombytes(to[lab].tobytes())
         self._prev.extend(other._prev)
         self._key_hash.extend(other._key_hash)
         self._key_owner.frombytes((np.frombuffer(other._key_owner, dtype=np.int32) + first).astype(np.int32).tobytes())
