@@ -8,11 +8,16 @@ from __future__ import annotations
 import asyncio
 import io
 import ipaddress
+import os
+import shutil
 import struct
+import subprocess
+import sys
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from urllib.parse import urlsplit
 from urllib.robotparser import RobotFileParser
 
@@ -350,3 +355,20 @@ async def test_every_url_from_fault_url_is_distinct_per_index(sb: Sandbox) -> No
     urls = {sb.fault_url(f, i) for f in FAULTS for i in range(3)}
     assert len(urls) == len(FAULTS) * 3
     assert all(sb.truth(sb.fault_url(f)).fault == f for f in FAULTS)
+
+
+async def test_the_tls_host_leaves_nothing_in_the_temp_folder(tmp_path: Path) -> None:
+    """The self-signed certificate lives only while it loads: a sandbox process started and stopped
+    with its TLS host leaves its temp folder as it found it."""
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command to make the sandbox certificate")
+    script = (
+        "import asyncio\n"
+        "from carcrawl.sandbox import Sandbox\n"
+        "async def main():\n"
+        "    async with Sandbox(hosts=1, latency_ms=(0, 0)) as sb:\n"
+        "        assert 'tls_self_signed' in sb.layout.all_faults\n"
+        "asyncio.run(main())\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120, env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert list(tmp_path.iterdir()) == []

@@ -35,6 +35,7 @@ The bombs are built once per process, streaming, without ever holding the uncomp
 from __future__ import annotations
 
 import shutil
+import ssl
 import struct
 import subprocess
 import tempfile
@@ -146,29 +147,31 @@ def bomb(name: str) -> bytes:
     return got
 
 
-_cert: list[tuple[Path, Path] | None] = []
+_tls: list[ssl.SSLContext | None] = []
 
 
-def self_signed_cert() -> tuple[Path, Path] | None:
-    """A throw-away self-signed certificate and key (PEM files in a temp folder), made once per
-    process with the ``openssl`` command; ``None`` where it is not installed or fails."""
+def self_signed_context() -> ssl.SSLContext | None:
+    """A server TLS context with a throw-away self-signed certificate, made once per process with
+    the ``openssl`` command (``None`` where it is not installed or fails). The PEM files live only
+    while the context loads them: nothing is left in the temp folder."""
     with _lock:
-        if _cert:
-            return _cert[0]
-        got: tuple[Path, Path] | None = None
+        if _tls:
+            return _tls[0]
+        got: ssl.SSLContext | None = None
         exe = shutil.which("openssl")
         if exe is not None:
-            folder = Path(tempfile.mkdtemp(prefix="carcrawl-sandbox-tls-"))
-            cert, key = folder / "cert.pem", folder / "key.pem"
-            cmd = [
-                exe, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                "-keyout", str(key), "-out", str(cert), "-days", "3650", "-subj", "/CN=carcrawl-sandbox",
-                "-addext", "subjectAltName=IP:127.0.0.2,IP:127.0.0.1,DNS:localhost",
-            ]
-            try:
-                subprocess.run(cmd, check=True, capture_output=True, timeout=60)
-                got = (cert, key)
-            except (OSError, subprocess.SubprocessError):
-                got = None
-        _cert.append(got)
+            with tempfile.TemporaryDirectory(prefix="carcrawl-sandbox-tls-") as folder:
+                cert, key = Path(folder) / "cert.pem", Path(folder) / "key.pem"
+                cmd = [
+                    exe, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "3650", "-subj", "/CN=carcrawl-sandbox",
+                    "-addext", "subjectAltName=IP:127.0.0.2,IP:127.0.0.1,DNS:localhost",
+                ]
+                try:
+                    subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+                    got = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                    got.load_cert_chain(str(cert), str(key))
+                except (OSError, subprocess.SubprocessError, ssl.SSLError):
+                    got = None
+        _tls.append(got)
         return got

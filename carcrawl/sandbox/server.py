@@ -36,7 +36,7 @@ from carcrawl.sandbox.faults import (
     TEXT_BODY,
     TRANSPORT_FAULTS,
     bomb,
-    self_signed_cert,
+    self_signed_context,
 )
 from carcrawl.sandbox.layout import (
     DEMO_FAULTS,
@@ -241,13 +241,9 @@ class Sandbox:
 
     async def _start_tls(self, addr: str) -> int:
         """Host 0's app again, over HTTPS with a self-signed certificate (0 where openssl is missing)."""
-        pair = await asyncio.to_thread(self_signed_cert)
-        if pair is None:
+        ctx = await asyncio.to_thread(self_signed_context)
+        if ctx is None:
             return 0
-        import ssl
-
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(str(pair[0]), str(pair[1]))
         runner = web.AppRunner(self._host_app(0, addr), access_log=None, handle_signals=False, shutdown_timeout=0.2)
         await runner.setup()
         self._runners.append(runner)
