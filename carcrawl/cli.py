@@ -8,6 +8,7 @@ import gc
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -102,9 +103,16 @@ RayOpt = Annotated[str | None, typer.Option("--ray", help="Run the shards on an 
 GC_THRESHOLDS = (10_000, 10, 10)
 
 
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM outside a crawl (which drains on it, see ``run_with_signals``): leave as Ctrl-C
+    does, through every ``finally``, so an export's temporary files and forked workers go too."""
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     """Console-script entry point: clean messages for our errors, exit codes that mean something."""
     gc.set_threshold(*GC_THRESHOLDS)  # this process only: importing carcrawl as a library leaves it alone
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         app()
     except CarcrawlError as e:

@@ -11,9 +11,11 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -280,10 +282,16 @@ def _peak(out: Path, to: Path) -> int:
         tracemalloc.stop()
 
 
-def test_dataset_side_memory_does_not_grow_with_the_checkpoint(tmp_path: Path) -> None:
-    small, large = tmp_path / "10k", tmp_path / "50k"
+@pytest.fixture(scope="module")
+def checkpoint_50k(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synthetic") / "50k"
+    synthetic_checkpoint(out, 50_000)
+    return out
+
+
+def test_dataset_side_memory_does_not_grow_with_the_checkpoint(tmp_path: Path, checkpoint_50k: Path) -> None:
+    small, large = tmp_path / "10k", checkpoint_50k
     synthetic_checkpoint(small, 10_000)
-    synthetic_checkpoint(large, 50_000)
     p_small = _peak(small, tmp_path / "s.parquet")
     p_large = _peak(large, tmp_path / "l.parquet")
     assert pq.read_metadata(tmp_path / "l.parquet").num_rows == 50_000
@@ -291,3 +299,82 @@ def test_dataset_side_memory_does_not_grow_with_the_checkpoint(tmp_path: Path) -
     # the splitter's compact state (~50 B per image, see carcrawl.export.splits) and nothing else:
     # the code before streaming held every record (~3 KB per image here)
     assert per_image < 200, f"{per_image:.0f} bytes per extra image (peaks {p_small} and {p_large})"
+
+
+ORPHAN_SCRIPT = """
+import sys, time
+from carcrawl.export import forked
+child = forked.Child(lambda: time.sleep(120))
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forks only on Linux")
+def test_a_forked_part_dies_with_its_parent() -> None:
+    """A SIGKILLed export (nothing of it runs to clean up) leaves no worker reading on."""
+    parent = subprocess.Popen([sys.executable, "-c", ORPHAN_SCRIPT], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        os.kill(child, 0)  # running
+    finally:
+        parent.kill()
+        parent.wait(30)
+    for _ in range(200):  # the kernel's signal is immediate; the child is reaped by init
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{child}/stat") as f:
+            if f.read().split(") ", 1)[1].startswith("Z"):
+                break  # killed, waiting for init to reap it
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"the forked part {child} outlived its parent")
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(c) for c in f.read().split()]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1].startswith("Z")
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forks only on Linux")
+def test_sigterm_during_an_export_leaves_no_file_and_no_worker(checkpoint_50k: Path, tmp_path: Path) -> None:
+    """SIGTERM while the forked workers write their first-pass files: the export ends as after
+    Ctrl-C, its temporary files removed and its workers ended, and the checkpoint is untouched."""
+    to = tmp_path / "p.parquet"
+    before = sqlite3.connect(checkpoint_50k / "checkpoint.sqlite").execute("SELECT count(*) FROM images").fetchone()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "carcrawl.cli", "export", str(checkpoint_50k), "--format", "parquet", "--no-dedup",
+         "--to", str(to), "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for _ in range(6000):
+            if list(tmp_path.glob(".p.parquet.pass1-*")) or proc.poll() is not None:
+                break
+            time.sleep(0.01)
+        workers = _children(proc.pid)
+        assert proc.poll() is None and workers, "the export ended before its first pass was seen"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+    assert list(tmp_path.iterdir()) == []
+    for w in workers:
+        for _ in range(200):
+            if _gone(w):
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"worker {w} outlived the export")
+    after = sqlite3.connect(checkpoint_50k / "checkpoint.sqlite").execute("SELECT count(*) FROM images").fetchone()
+    assert after == before

@@ -11,6 +11,7 @@ without a result is a :class:`CarcrawlError`.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import pickle
 import signal
@@ -46,11 +47,13 @@ class Child:
 
     def __init__(self, fn: Callable[[], Any]) -> None:
         r, w = os.pipe()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the child: run, send, leave without the parent's exit handlers
             os.close(r)
             code = 0
             try:
+                _die_with(parent)
                 try:
                     answer: tuple[bool, Any] = (True, fn())
                 except BaseException as e:  # noqa: BLE001 - every failure goes to the parent
@@ -92,6 +95,18 @@ class Child:
             self.pid = 0
             with contextlib.suppress(OSError):
                 os.close(self._read)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with(parent: int) -> None:
+    """The kernel kills this child when its parent dies (a SIGKILLed export leaves no worker
+    reading on); a parent already gone by now ends it here."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def run_parts(db: DatasetDB, parts: list[Callable[[DatasetDB], T]]) -> list[T]:
