@@ -35,6 +35,23 @@ async def serve(routes: Callable[[web.Application], None], host: str = "127.0.0.
 
 
 @contextlib.contextmanager
+def serve_in_thread(routes: Callable[[web.Application], None], host: str = "127.0.0.1") -> Iterator[str]:
+    """``serve`` on its own event loop in a background thread: the server goes on sending while
+    the client's loop is busy (what fills a client's read buffer); yields its base URL."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="server", daemon=True)
+    thread.start()
+    entered = serve(routes, host)
+    try:
+        yield asyncio.run_coroutine_threadsafe(entered.__aenter__(), loop).result(30)
+    finally:
+        asyncio.run_coroutine_threadsafe(entered.__aexit__(None, None, None), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+@contextlib.contextmanager
 def sandbox_in_thread(**kwargs: object) -> Iterator[Any]:
     """The real sandbox web on its own event loop in a background thread, so a crawler in this
     process or in a subprocess (which a test may SIGKILL) can use it, and its access log stays
