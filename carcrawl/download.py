@@ -110,8 +110,10 @@ class ClassifyItem:
 
 
 #: what a transfer hands back to the scheduler: ``None`` (an outcome was recorded, or the URL is
-#: left for the next run) or a retry (the next attempt, and the seconds to wait before it)
+#: left for the next run), a retry (the next attempt, and the seconds to wait before it), or the
+#: rest of its work, which needs no connection (storing the bytes it received)
 Retry = tuple[DownloadTask, float]
+Rest = Callable[[], Awaitable[None]]
 
 
 class HostScheduler:
@@ -123,7 +125,7 @@ class HostScheduler:
     running, refuses new ones, and lets the running ones finish: ``wait_idle`` then always ends."""
 
     def __init__(self, client: HttpClient, concurrency: int, buffer: int,
-                 run: Callable[[DownloadTask], Awaitable[Retry | None]],
+                 run: Callable[[DownloadTask], Awaitable[Retry | Rest | None]],
                  give_up: Callable[[DownloadTask, str], None] | None = None):
         self.limiter = client.hosts
         self.concurrency = concurrency
@@ -131,6 +133,10 @@ class HostScheduler:
         self._run = run
         self._give_up = give_up
         self._room = asyncio.Semaphore(buffer)  # tasks held (waiting + running + retrying), all hosts
+        # transfers whose bytes are in, being stored without a transfer slot: at most as many
+        # as run, so the bodies in memory stay bounded (a full disk or classifier queue holds
+        # the next finished transfer in its slot, and so the network)
+        self._storing = asyncio.Semaphore(concurrency)
         self._waiting: dict[str, deque[DownloadTask]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._retry_timers: set[asyncio.TimerHandle] = set()
@@ -222,18 +228,37 @@ class HostScheduler:
 
     async def _go(self, host: str, task: DownloadTask) -> None:
         retry: Retry | None = None
+        transferring = True
         try:
-            retry = await self._run(task)
+            outcome = await self._run(task)
+            if callable(outcome):
+                # the bytes are in: the transfer's slot goes to the next URL while they are
+                # stored (the file batch's linger and hashing no longer hold a connection idle)
+                async with self._storing:
+                    transferring = False
+                    self._end_transfer(host)
+                    await outcome()
+            else:
+                retry = outcome
         finally:
-            self.active -= 1
+            if transferring:
+                self.active -= 1
             if retry is not None and not self.draining:
                 self._hold_for_retry(*retry)  # keeps its room: a retry is still work held
             else:
                 self._release_one(host)
-            # the fetch released its lease; let this host and hosts waiting on the global cap go on
-            self._pump(host)
-            while self._blocked_on_global and self.active < self.concurrency:
-                self._pump(self._blocked_on_global.popleft())
+            if transferring:
+                self._pump_after(host)
+
+    def _end_transfer(self, host: str) -> None:
+        self.active -= 1
+        self._pump_after(host)
+
+    def _pump_after(self, host: str) -> None:
+        """The fetch released its lease: let this host and hosts waiting on the global cap go on."""
+        self._pump(host)
+        while self._blocked_on_global and self.active < self.concurrency:
+            self._pump(self._blocked_on_global.popleft())
 
     def _hold_for_retry(self, task: DownloadTask, delay: float) -> None:
         loop = asyncio.get_running_loop()
@@ -452,7 +477,7 @@ class DownloadStage:
         self.stopping = True
         self.scheduler.drain()
 
-    async def _fetch_one(self, task: DownloadTask) -> Retry | None:
+    async def _fetch_one(self, task: DownloadTask) -> Retry | Rest | None:
         attempts = task.attempts + 1
         q = self.quota
         if q is not None and (q.full or q.class_full(task.label)):
@@ -469,13 +494,25 @@ class DownloadStage:
             problem = content_problem(result.body, result.format, self.max_pixels)
             if problem is not None:
                 return self._failed(task, Failure(task.candidate_id, task.url, problem), attempts)
-            await self._stored(result, attempts, task.label)
         except (asyncio.CancelledError, DiskFullError):
             raise  # a full disk ends the stage (and the run) with its one clear message
         except Exception as e:  # noqa: BLE001 - a bug in one URL's path must not end the crawl
-            log.exception("internal error on %s", task.url)
-            return self._failed(task, Failure(task.candidate_id, task.url, f"internal_error:{type(e).__name__}"), attempts)
-        return None
+            return self._internal_error(task, e, attempts)
+        fetched = result
+
+        async def store() -> None:
+            try:
+                await self._stored(fetched, attempts, task.label)
+            except (asyncio.CancelledError, DiskFullError):
+                raise
+            except Exception as e:  # noqa: BLE001 - as above
+                self._internal_error(task, e, attempts)
+
+        return store
+
+    def _internal_error(self, task: DownloadTask, e: Exception, attempts: int) -> Retry | None:
+        log.exception("internal error on %s", task.url)
+        return self._failed(task, Failure(task.candidate_id, task.url, f"internal_error:{type(e).__name__}"), attempts)
 
     def _failed(self, task: DownloadTask, failure: Failure, attempts: int) -> Retry | None:
         if self.aborted:
