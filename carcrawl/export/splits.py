@@ -58,7 +58,6 @@ class Splitter:
         self._prev = array("b")
         self._key_hash = array("q")  # hash() of each key: groups depend only on which keys are equal
         self._key_owner = array("i")
-        self.exact_rounds = 0  # groups the last assign dealt in Python: deficits too close for the compiled loop
 
     def __len__(self) -> int:
         return len(self._label)
@@ -126,85 +125,87 @@ class Splitter:
         drop = np.fromiter(dropped, dtype=np.int32)
         if drop.size:
             active &= ~np.isin(lab, drop)
-        np.frombuffer(out, dtype=np.int8)[~active] = -1
+        for i in np.flatnonzero(~active).tolist():
+            out[i] = -1
 
-        # groups: images that share a key (keys sorted by hash: equal ones are neighbours); each
-        # group's root is its smallest index
+        # groups: union-find over images that share a key (keys sorted by hash: equal ones are neighbours)
+        parent = array("i", range(n))
+
+        def find(x: int) -> int:
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
         kh = np.frombuffer(self._key_hash, dtype=np.int64)
         ko = np.frombuffer(self._key_owner, dtype=np.int32)
         keep = active[ko] if ko.size else np.zeros(0, dtype=bool)
         kh, ko = kh[keep], ko[keep]
         order = np.lexsort((ko, kh))
-        members = np.flatnonzero(active).astype(np.int32)
-        from carcrawl.export.kernels import split_deal, split_roots
-
-        roots = split_roots(np.ascontiguousarray(kh[order]), np.ascontiguousarray(ko[order]), n, members)
+        kh, ko = kh[order], ko[order]
+        for j in np.flatnonzero(kh[1:] == kh[:-1]).tolist():
+            a, b = find(int(ko[j])), find(int(ko[j + 1]))
+            if a != b:
+                parent[max(a, b)] = min(a, b)
         del kh, ko, order
 
+        members = np.flatnonzero(active).astype(np.int32)
+        roots = np.fromiter((find(i) for i in members.tolist()), dtype=np.int32, count=members.size)
         by_group = np.lexsort((members, roots))
         members, roots = members[by_group], roots[by_group]
         starts = np.flatnonzero(np.r_[True, roots[1:] != roots[:-1]]).astype(np.int64)
-        ends = np.r_[starts[1:], members.size].astype(np.int64)
+        ends = np.r_[starts[1:], members.size]
         sizes = ends - starts
         prev = np.frombuffer(self._prev, dtype=np.int8)
         gprev = np.maximum.reduceat(prev[members], starts) if members.size else np.zeros(0, dtype=np.int8)
 
-        n_labels = len(label_names)
-        totals = np.bincount(lab[active], minlength=n_labels).astype(np.int64)
-        counts = np.zeros((n_labels, 3), dtype=np.int64)
-        split_of = np.frombuffer(out, dtype=np.int8)  # a view: writes land in ``out``
+        totals: dict[int, int] = {}
+        for label, count in zip(*np.unique(lab[active], return_counts=True), strict=True):
+            totals[int(label)] = int(count)
+        counts: dict[int, list[int]] = {label: [0, 0, 0] for label in totals}
+        mem = array("i", members.tobytes())
+        labels = self._label
 
         # a group that grew across earlier splits keeps the most held-out one: no test image moves to train
-        held = np.repeat(gprev, sizes)
-        kept = held >= 0
-        split_of[members[kept]] = held[kept]
-        np.add.at(counts, (lab[members[kept]], held[kept].astype(np.int64)), 1)
+        for g in np.flatnonzero(gprev >= 0).tolist():
+            split_i = int(gprev[g])
+            for k in range(int(starts[g]), int(ends[g])):
+                i = mem[k]
+                out[i] = split_i
+                counts[labels[i]][split_i] += 1
 
         fresh = np.flatnonzero(gprev < 0)
         hi = np.empty(fresh.size, dtype=np.uint64)
         lo = np.empty(fresh.size, dtype=np.uint64)
         for k, g in enumerate(fresh.tolist()):
-            d = hashlib.sha256(f"{seed}:{self.sha(int(members[starts[g]]))}".encode()).digest()
+            d = hashlib.sha256(f"{seed}:{self.sha(mem[int(starts[g])])}".encode()).digest()
             hi[k] = int.from_bytes(d[:8], "big")
             lo[k] = int.from_bytes(d[8:16], "big")
         fresh = fresh[np.lexsort((lo, hi, -sizes[fresh]))]
         del hi, lo
 
-        # ties (small classes: val and test both short by the same amount) go a seeded way per label
-        ties = np.zeros((n_labels, 3), dtype=np.uint8)
-        for label in np.flatnonzero(totals).tolist():
-            ties[label] = np.frombuffer(hashlib.sha256(f"{seed}:{label_names[label]}".encode()).digest()[:3], dtype=np.uint8)
-        rank = np.empty(n_labels, dtype=np.int32)  # majority ties go to the first label name
-        rank[sorted(range(n_labels), key=label_names.__getitem__)] = np.arange(n_labels, dtype=np.int32)
-        share = np.asarray(shares, dtype=np.float64)
-
-        tally = np.zeros(n_labels, dtype=np.int64)
-        q, self.exact_rounds = 0, 0
-        while q < fresh.size:
-            q = split_deal(q, fresh, starts, ends, members, lab, rank, share, totals, counts, ties, split_of, tally)
-            if q < fresh.size:  # deficits too close to order without Python's round(x, 9): this group here
-                self._deal_exactly(int(fresh[q]), starts, ends, members, lab, rank, shares, totals, counts, ties, split_of)
-                self.exact_rounds += 1
-                q += 1
+        ties: dict[int, bytes] = {}
+        for g in fresh.tolist():
+            s, e = int(starts[g]), int(ends[g])
+            if e - s == 1:
+                label = labels[mem[s]]
+            else:
+                seen: dict[int, int] = {}
+                for k in range(s, e):
+                    seen[labels[mem[k]]] = seen.get(labels[mem[k]], 0) + 1
+                label = min(seen, key=lambda x: (-seen[x], label_names[x]))
+            c, total = counts[label], totals[label]
+            tie = ties.get(label)
+            if tie is None:
+                # ties (small classes: val and test both short by the same amount) go a seeded way per label
+                tie = ties[label] = hashlib.sha256(f"{seed}:{label_names[label]}".encode()).digest()
+            split_i = max(range(3), key=lambda x: (round(shares[x] * total - c[x], 9) if shares[x] > 0
+                                                   else float("-inf"), tie[x]))
+            for k in range(s, e):
+                i = mem[k]
+                out[i] = split_i
+                counts[labels[i]][split_i] += 1
         return out
-
-    @staticmethod
-    def _deal_exactly(g: int, starts: np.ndarray, ends: np.ndarray, members: np.ndarray, lab: np.ndarray,
-                      rank: np.ndarray, shares: tuple[float, float, float], totals: np.ndarray, counts: np.ndarray,
-                      ties: np.ndarray, split_of: np.ndarray) -> None:
-        """One group dealt as the compiled loop would, comparing deficits rounded to 9 places."""
-        s, e = int(starts[g]), int(ends[g])
-        group = members[s:e]
-        seen = np.bincount(lab[group])
-        top = np.flatnonzero(seen == seen.max())
-        label = int(top[np.argmin(rank[top])])
-        c, total, tie = counts[label].tolist(), int(totals[label]), ties[label].tolist()
-        split_i = max(range(3), key=lambda x: (round(shares[x] * total - c[x], 9) if shares[x] > 0
-                                               else float("-inf"), tie[x]))
-        split_of[group] = split_i
-        np.add.at(counts, (lab[group], split_i), 1)
-
-
 
 
 def assign_splits(
