@@ -258,7 +258,7 @@ def test_a_pooled_connection_is_not_poisoned_by_its_last_read_timer() -> None:
         app_routes(app)
         app.router.add_get("/sized/{n}.png", photo)
 
-    settings = DownloadSettings(per_host_interval=0.0, max_bytes=8_000_000, read_timeout=0.15, concurrency=1,
+    settings = DownloadSettings(per_host_interval=0.0, max_bytes=8_000_000, read_timeout=0.4, concurrency=1,
                                 per_host_concurrency=1)
 
     async def rounds(base: str) -> None:
@@ -267,7 +267,7 @@ def test_a_pooled_connection_is_not_poisoned_by_its_last_read_timer() -> None:
                 n = 300_000 + i * 370_000
                 got = await c.fetch_image(1, f"{base}/sized/{n}.png")
                 assert isinstance(got, Fetched) and len(got.body) == len(PNG) + n
-                await asyncio.sleep(0.25)  # the connection idles in the pool past read_timeout
+                await asyncio.sleep(0.6)  # the connection idles in the pool past read_timeout
                 after = await c.fetch_image(2, f"{base}/ok/{i}.png")
                 assert isinstance(after, Fetched), f"round {i} ({n} bytes before): {after}"
 

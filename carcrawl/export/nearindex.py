@@ -75,8 +75,6 @@ def band_keys(dh: np.ndarray, ph: np.ndarray, width: int) -> np.ndarray:
     return keys
 
 
-
-
 def _search(keys: np.ndarray, width: int, e_dh: np.ndarray, e_ph: np.ndarray, e_row: np.ndarray,
             q_keys: np.ndarray, qdh: np.ndarray, qph: np.ndarray, q_row: np.ndarray, radii: list[int],
             accept: int, threads: int) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray]], int]:
