@@ -35,20 +35,29 @@ async def serve(routes: Callable[[web.Application], None], host: str = "127.0.0.
 
 
 @contextlib.contextmanager
-def serve_in_thread(routes: Callable[[web.Application], None], host: str = "127.0.0.1") -> Iterator[str]:
-    """``serve`` on its own event loop in a background thread: the server goes on sending while
-    the client's loop is busy (what fills a client's read buffer); yields its base URL."""
+def _loop_in_thread(name: str) -> Iterator[asyncio.AbstractEventLoop]:
+    """An event loop running in a daemon thread, stopped and closed on the way out."""
     loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="server", daemon=True)
+    thread = threading.Thread(target=loop.run_forever, name=name, daemon=True)
     thread.start()
-    entered = serve(routes, host)
     try:
-        yield asyncio.run_coroutine_threadsafe(entered.__aenter__(), loop).result(30)
+        yield loop
     finally:
-        asyncio.run_coroutine_threadsafe(entered.__aexit__(None, None, None), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+@contextlib.contextmanager
+def serve_in_thread(routes: Callable[[web.Application], None], host: str = "127.0.0.1") -> Iterator[str]:
+    """``serve`` on its own event loop in a background thread: the server goes on sending while
+    the client's loop is busy (what fills a client's read buffer); yields its base URL."""
+    with _loop_in_thread("server") as loop:
+        entered = serve(routes, host)
+        try:
+            yield asyncio.run_coroutine_threadsafe(entered.__aenter__(), loop).result(30)
+        finally:
+            asyncio.run_coroutine_threadsafe(entered.__aexit__(None, None, None), loop).result(30)
 
 
 @contextlib.contextmanager
@@ -58,18 +67,13 @@ def sandbox_in_thread(**kwargs: object) -> Iterator[Any]:
     readable here."""
     from carcrawl.sandbox import Sandbox
 
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="sandbox", daemon=True)
-    thread.start()
-    sb = Sandbox(**kwargs)  # type: ignore[arg-type]
-    asyncio.run_coroutine_threadsafe(sb.start(), loop).result(60)
-    try:
-        yield sb
-    finally:
-        asyncio.run_coroutine_threadsafe(sb.stop(), loop).result(60)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+    with _loop_in_thread("sandbox") as loop:
+        sb = Sandbox(**kwargs)  # type: ignore[arg-type]
+        asyncio.run_coroutine_threadsafe(sb.start(), loop).result(60)
+        try:
+            yield sb
+        finally:
+            asyncio.run_coroutine_threadsafe(sb.stop(), loop).result(60)
 
 
 def write_config(path: Path, text: str) -> Path:
