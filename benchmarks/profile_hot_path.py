@@ -80,6 +80,7 @@ def main() -> None:
     p.add_argument("--thumbs", action="store_true", help="small images (per-request cost) instead of the size mix")
     p.add_argument("--label", default="now", help="stored under results/profile.json[label]")
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--concurrency", type=int, default=CrawlKnobs.concurrency, help="carcrawl's global concurrency")
     a = p.parse_args()
     if not PY_SPY.exists():
         raise SystemExit(f"py-spy not found at {PY_SPY}: python3 -m venv {WORK}/tools-venv && "
@@ -91,9 +92,9 @@ def main() -> None:
         urls = write_urls(WORK / "profile" / "urls.txt", urls_list) and WORK / "profile" / "urls.txt"
         out = WORK / "profile" / "out"
         remove(out)
-        cfg = carcrawl_config(WORK / "profile" / "carcrawl.toml", CrawlKnobs())
+        cfg = carcrawl_config(WORK / "profile" / "carcrawl.toml", CrawlKnobs(a.concurrency))
         raw = WORK / "profile" / f"{a.label}.raw.txt"
-        cmd = [str(PY_SPY), "record", "--rate", "250", "--format", "raw", "-o", str(raw), "--",
+        cmd = [str(PY_SPY), "record", "--rate", "250", "--format", "raw", "--threads", "-o", str(raw), "--",
                *carcrawl_fetch_cmd(urls, out, cfg)]
         m = run_measured(cmd, timeout=560)
         remove(out)
