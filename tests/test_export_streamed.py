@@ -26,7 +26,7 @@ from test_export_helpers import Shot, build_crawl, copies, vehicle_photos
 
 from carcrawl.errors import CarcrawlError, ConfigError
 from carcrawl.export import export, forked
-from carcrawl.export.dedup import find_near_duplicates
+from carcrawl.export.dedup import find_near_duplicates, hash_never_classified
 from carcrawl.export.formats import MARKER
 from carcrawl.export.plan import build_plan
 from carcrawl.models import Candidate, Labels, Prediction, Query, Verdict
@@ -299,6 +299,31 @@ def test_dataset_side_memory_does_not_grow_with_the_checkpoint(tmp_path: Path, c
     # the splitter's compact state (~50 B per image, see carcrawl.export.splits) and nothing else:
     # the code before streaming held every record (~3 KB per image here)
     assert per_image < 200, f"{per_image:.0f} bytes per extra image (peaks {p_small} and {p_large})"
+
+
+def _hashing_peak(out: Path) -> tuple[int, tuple[int, int]]:
+    tracemalloc.start()
+    try:
+        result = hash_never_classified(out)
+        return tracemalloc.get_traced_memory()[1], result
+    finally:
+        tracemalloc.stop()
+
+
+def test_hashing_never_classified_images_holds_a_page_not_the_crawl(tmp_path: Path, checkpoint_50k: Path) -> None:
+    """Export hashes the images a crawl without the classifier stored. The synthetic checkpoints
+    have no image files, so every image goes through the same loop as an unreadable one (recorded,
+    never decoded again). The loop used to hand every image to its threads at once: ~2 KB per
+    image held to the end (1.8 GB at the mission's 765 000)."""
+    small, large = tmp_path / "10k", tmp_path / "50k"
+    synthetic_checkpoint(small, 10_000)
+    shutil.copytree(checkpoint_50k, large)
+    p_small, (hashed_small, bad_small) = _hashing_peak(small)
+    p_large, (hashed_large, bad_large) = _hashing_peak(large)
+    assert hashed_small == bad_small > 8_000 and hashed_large == bad_large > 40_000
+    assert hash_never_classified(large) == (0, 0)  # every image has its row: nothing to do again
+    per_image = (p_large - p_small) / (hashed_large - hashed_small)
+    assert per_image < 50, f"{per_image:.0f} bytes per extra image (peaks {p_small} and {p_large})"
 
 
 ORPHAN_SCRIPT = """

@@ -152,32 +152,27 @@ def best_member_key(m: DedupMember) -> tuple[int, int, int, int, str]:
 
 
 def _hash_missing(db: DatasetDB) -> tuple[int, int]:
-    """Decode and hash the members that have no hashes yet (never classified): (hashed, unreadable)."""
-    todo = db.unhashed_members()
-    if not todo:
-        return 0, 0
-    out_dir = db.out_dir
+    """Decode and hash the members that have no hashes yet (never classified): (hashed, unreadable).
+    A page of images at a time: the decoding threads get one page and its hashes are saved before
+    the next is read, so memory holds a page whatever the crawl's size."""
+    out_dir = str(db.out_dir)
 
     def one(item: tuple[str, str]) -> tuple[str, bytes | None, int | None, int | None, str | None]:
         sha, path = item
-        try:
-            h, w, ht = image_hashes(out_dir / path)
+        try:  # a str path: pathlib would intern every file name (a dict that grows with the crawl)
+            h, w, ht = image_hashes(os.path.join(out_dir, path))
             return (sha, to_blob(h), w, ht, None)
         except Exception as e:  # noqa: BLE001 - a broken image is recorded, never a crash
             return (sha, None, None, None, f"{type(e).__name__}: {e}"[:200])
 
-    rows = []
-    bad = 0
+    hashed = bad = 0
     with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
-        for r in pool.map(one, todo):
-            rows.append(r)
-            bad += r[1] is None
-            if len(rows) >= 500:
-                db.save_hashes(rows)
-                rows = []
-    if rows:
-        db.save_hashes(rows)
-    return len(todo), bad
+        for page in db.iter_unhashed_members():
+            rows = list(pool.map(one, page))
+            db.save_hashes(rows)
+            hashed += len(rows)
+            bad += sum(r[1] is None for r in rows)
+    return hashed, bad
 
 
 def index_new_images(db: DatasetDB) -> tuple[int, int]:

@@ -294,14 +294,21 @@ class DatasetDB:
             " WHERE (i.state = 'done' OR i.reason LIKE 'near_duplicate_of:%' OR r.mark = 'right')"
             " AND coalesce(r.mark, '') != 'wrong'")}
 
-    def unhashed_members(self) -> list[tuple[str, str]]:
-        """(sha256, path) of members without a hash row: the only images a pass decodes."""
-        return self.con.execute(
-            "SELECT i.sha256, i.path FROM images i LEFT JOIN reviews r ON r.sha256 = i.sha256"
-            " WHERE (i.state = 'done' OR i.reason LIKE 'near_duplicate_of:%' OR r.mark = 'right')"
-            " AND coalesce(r.mark, '') != 'wrong'"
-            " AND NOT EXISTS (SELECT 1 FROM image_hashes h WHERE h.sha256 = i.sha256) ORDER BY i.sha256"
-        ).fetchall()
+    def iter_unhashed_members(self, page: int = 1000) -> Iterator[list[tuple[str, str]]]:
+        """(sha256, path) of members without a hash row, ``page`` at a time in sha256 order (keyset
+        on the primary key): the only images a pass decodes."""
+        after = ""
+        while True:
+            rows = self.con.execute(
+                "SELECT i.sha256, i.path FROM images i LEFT JOIN reviews r ON r.sha256 = i.sha256"
+                " WHERE (i.state = 'done' OR i.reason LIKE 'near_duplicate_of:%' OR r.mark = 'right')"
+                " AND coalesce(r.mark, '') != 'wrong' AND i.sha256 > ?"
+                " AND NOT EXISTS (SELECT 1 FROM image_hashes h WHERE h.sha256 = i.sha256) ORDER BY i.sha256 LIMIT ?",
+                (after, page)).fetchall()
+            if not rows:
+                return
+            yield rows
+            after = rows[-1][0]
 
     def count_dedup_members(self) -> int:
         return self.con.execute(
