@@ -336,6 +336,7 @@ def plot(runs: dict[str, dict[str, Any]], path: Path) -> Path | None:
     sizes = sorted(runs, key=int)
     stages = list(runs[sizes[-1]]["stages"])
     fig, ax = plt.subplots(figsize=(9, 5.5))
+    ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # one colour per stage (tab10 repeats after 10)
     xs = [runs[k]["images"] for k in sizes]
     for name in stages:
         rows = [runs[k]["stages"].get(name, {}) for k in sizes]
