@@ -311,10 +311,10 @@ def _hashing_peak(out: Path) -> tuple[int, tuple[int, int]]:
 
 
 def test_hashing_never_classified_images_holds_a_page_not_the_crawl(tmp_path: Path, checkpoint_50k: Path) -> None:
-    """Export hashes the images a crawl without the classifier stored. The synthetic checkpoints
-    have no image files, so every image goes through the same loop as an unreadable one (recorded,
-    never decoded again). The loop used to hand every image to its threads at once: ~2 KB per
-    image held to the end (1.8 GB at the mission's 765 000)."""
+    """Export hashes the images a crawl without the classifier stored, a page at a time: its memory
+    must not grow with the crawl (at the mission's 765 000 images, 2 KB each would be 1.5 GB). The
+    synthetic checkpoints have no image files, so every image goes through the loop as an
+    unreadable one (recorded, never decoded again)."""
     small, large = tmp_path / "10k", tmp_path / "50k"
     synthetic_checkpoint(small, 10_000)
     shutil.copytree(checkpoint_50k, large)
