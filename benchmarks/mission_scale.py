@@ -84,17 +84,22 @@ def _du(path: Path) -> int:
 def _gnu_tar_speed(out: Path, work: Path) -> float | None:
     """MB/s of GNU tar archiving the crawl's image folder into ``work`` (C, one file read per image
     as in a WebDataset export, no metadata): the per-file floor a thumbnail export can reach.
-    None where there is no ``tar``."""
+    None (and why, on stderr) where ``tar`` is missing or fails: a reference, never the run's end."""
     tar = shutil.which("tar")
     if tar is None:
+        print("GNU tar reference skipped: no tar on PATH", file=sys.stderr)
         return None
     dest = work / "gnu-tar-probe.tar"
-    t = time.perf_counter()
-    subprocess.run([tar, "cf", str(dest), "-C", str(out), "images"], check=True)
-    dt = time.perf_counter() - t
-    size = dest.stat().st_size
-    dest.unlink()
-    return round(size / 2**20 / dt, 1)
+    try:
+        t = time.perf_counter()
+        done = subprocess.run([tar, "cf", str(dest), "-C", str(out), "images"], capture_output=True, text=True)
+        dt = time.perf_counter() - t
+        if done.returncode != 0:
+            print(f"GNU tar reference skipped: tar exited {done.returncode}: {done.stderr[-500:]}", file=sys.stderr)
+            return None
+        return round(dest.stat().st_size / 2**20 / dt, 1)
+    finally:
+        dest.unlink(missing_ok=True)
 
 
 def _get(url: str) -> dict[str, Any]:

@@ -43,24 +43,30 @@ def _py_spy() -> Path:
 
 
 PY_SPY = _py_spy()
+RATE = 250  # samples per second per thread
 
 
-def fold(raw: Path) -> tuple[int, collections.Counter[str], collections.Counter[str]]:
-    """(samples, self samples per frame, inclusive samples per frame) from py-spy's raw output."""
+def fold(raw: Path) -> tuple[int, collections.Counter[str], collections.Counter[str], collections.Counter[str]]:
+    """(samples, self samples per frame, inclusive samples per frame, samples per thread) from
+    py-spy's raw output recorded with ``--threads`` (each stack's first frame names its thread)."""
     total = 0
     self_c: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()
+    threads: collections.Counter[str] = collections.Counter()
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack:
             continue
         n = int(count)
         total += n
-        frames = stack.split(";")
+        thread, *frames = stack.split(";")
+        threads[thread.split(": ", 1)[-1]] += n
+        if not frames:
+            continue
         self_c[_short(frames[-1])] += n
         for f in {_short(f) for f in frames}:
             incl[f] += n
-    return total, self_c, incl
+    return total, self_c, incl, threads
 
 
 def _short(frame: str) -> str:
@@ -94,7 +100,7 @@ def main() -> None:
         remove(out)
         cfg = carcrawl_config(WORK / "profile" / "carcrawl.toml", CrawlKnobs(a.concurrency))
         raw = WORK / "profile" / f"{a.label}.raw.txt"
-        cmd = [str(PY_SPY), "record", "--rate", "250", "--format", "raw", "--threads", "-o", str(raw), "--",
+        cmd = [str(PY_SPY), "record", "--rate", str(RATE), "--format", "raw", "--threads", "-o", str(raw), "--",
                *carcrawl_fetch_cmd(urls, out, cfg)]
         m = run_measured(cmd, timeout=560)
         remove(out)
@@ -102,8 +108,12 @@ def main() -> None:
         sandbox.stop()
     summary = carcrawl_json(m.stdout)
     fetched = summary.get("stats", {}).get("counts", {}).get("fetched", 0)
-    total, self_c, incl = fold(raw)
+    total, self_c, incl, threads = fold(raw)
     print(f"{fetched} fetched in {m.wall_s:.1f}s ({fetched / m.wall_s:.0f}/s, under py-spy); {total} samples")
+    # busy share: a thread's samples over the samples of a thread on the CPU all the run (250 Hz;
+    # py-spy leaves idle threads out); the event loop runs on MainThread
+    print(fmt_table(["thread", "samples", "busy %"],
+                    [[t, n, 100 * n / (m.wall_s * RATE)] for t, n in threads.most_common()]))
     top_self = [[f, n, 100 * n / total] for f, n in self_c.most_common(a.top)]
     ours = [[f, n, 100 * n / total] for f, n in incl.most_common() if "carcrawl/" in f][: a.top]
     print("self time:")
@@ -115,8 +125,9 @@ def main() -> None:
     res_path = Path(__file__).resolve().parent / "results" / "profile.json"
     prior = json.loads(res_path.read_text()) if res_path.exists() else {}
     labels = prior.get("labels", {})
-    labels[a.label] = {"urls": a.urls, "thumbs": a.thumbs, "fetched": fetched, "wall_s": m.wall_s,
-                       "samples": total, "self_top": top_self, "carcrawl_inclusive": ours}
+    labels[a.label] = {"urls": a.urls, "thumbs": a.thumbs, "concurrency": a.concurrency, "fetched": fetched,
+                       "wall_s": m.wall_s, "samples": total, "threads": dict(threads.most_common()),
+                       "self_top": top_self, "carcrawl_inclusive": ours}
     write_result("profile", {"labels": labels})
 
 

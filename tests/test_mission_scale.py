@@ -33,4 +33,4 @@ def test_mission_scale_smoke(tmp_path: Path) -> None:
     q = run["clusters"]
     assert q["true_pairs"] > 10 and q["recall"] >= 0.9 and q["precision"] >= 0.9, q
     assert stages["export parquet"]["rows_per_s"] > 0 and stages["export imagefolder"]["exported"] > 300
-    assert stages["export webdataset"]["gnu_tar_mb_per_s"] > 0
+    assert (stages["export webdataset"]["gnu_tar_mb_per_s"] or 0) > 0, r.stderr[-2000:]
